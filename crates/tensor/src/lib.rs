@@ -1,0 +1,22 @@
+//! llm2comp's tensor core: [`Tensor`], [`DType`], [`Device`] and the op
+//! families a LoRA-trained transformer encoder/decoder needs, each with an
+//! explicit `forward` and `backward` (no autograd tape).
+//!
+//! Layout: `ops/` is the device-independent API (validation + dispatch),
+//! `cpu/` the reference kernels in plain Rust; the CUDA backend adds `cuda/`.
+
+pub mod cpu;
+mod device;
+mod dtype;
+mod error;
+pub mod ops;
+pub mod pool;
+mod real;
+mod tensor;
+pub mod testing;
+
+pub use device::Device;
+pub use dtype::{DType, Element};
+pub use error::{Result, TensorError};
+pub use real::Real;
+pub use tensor::{CpuStorage, Storage, Tensor};

@@ -1,0 +1,373 @@
+//! `Tensor`: a shape, a dtype, a device and contiguous row-major storage.
+//!
+//! Tensors are deliberately plain: no strides, no views, no autograd tape.
+//! Layers call explicit `forward` / `backward` op functions and keep what
+//! their backward needs themselves (see `docs/architecture.md`).
+
+use half::{bf16, f16};
+
+use crate::{DType, Device, Element, Result, TensorError};
+
+/// Host storage, one variant per dtype.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CpuStorage {
+    /// f32 elements.
+    F32(Vec<f32>),
+    /// bf16 elements.
+    BF16(Vec<bf16>),
+    /// f16 elements.
+    F16(Vec<f16>),
+}
+
+impl CpuStorage {
+    fn dtype(&self) -> DType {
+        match self {
+            CpuStorage::F32(_) => DType::F32,
+            CpuStorage::BF16(_) => DType::BF16,
+            CpuStorage::F16(_) => DType::F16,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            CpuStorage::F32(v) => v.len(),
+            CpuStorage::BF16(v) => v.len(),
+            CpuStorage::F16(v) => v.len(),
+        }
+    }
+}
+
+/// Where the elements are. The CUDA backend adds a variant here.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Storage {
+    /// Host memory.
+    Cpu(CpuStorage),
+}
+
+/// A dense, contiguous, row-major n-dimensional array.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    shape: Vec<usize>,
+    storage: Storage,
+}
+
+fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+impl Tensor {
+    /// Wraps `data` as a tensor of `shape` on the CPU.
+    pub fn from_vec<T: Element>(data: Vec<T>, shape: &[usize]) -> Result<Self> {
+        if data.len() != numel(shape) {
+            return Err(TensorError::shape(
+                "Tensor::from_vec",
+                "data",
+                format!("{} elements", numel(shape)),
+                &[data.len()],
+            ));
+        }
+        // Route through the concrete dtype without unsafe: Pod lets us cast the Vec.
+        let storage = match T::DTYPE {
+            DType::F32 => CpuStorage::F32(bytemuck::allocation::cast_vec(data)),
+            DType::BF16 => CpuStorage::BF16(bytemuck::allocation::cast_vec(data)),
+            DType::F16 => CpuStorage::F16(bytemuck::allocation::cast_vec(data)),
+        };
+        Ok(Self {
+            shape: shape.to_vec(),
+            storage: Storage::Cpu(storage),
+        })
+    }
+
+    /// A tensor of zeros.
+    pub fn zeros(shape: &[usize], dtype: DType, device: Device) -> Self {
+        let n = numel(shape);
+        let storage = match (device, dtype) {
+            (Device::Cpu, DType::F32) => CpuStorage::F32(vec![0.0; n]),
+            (Device::Cpu, DType::BF16) => CpuStorage::BF16(vec![bf16::ZERO; n]),
+            (Device::Cpu, DType::F16) => CpuStorage::F16(vec![f16::ZERO; n]),
+        };
+        Self {
+            shape: shape.to_vec(),
+            storage: Storage::Cpu(storage),
+        }
+    }
+
+    /// Reads little-endian bytes (a model file's tensor data) as `dtype`.
+    /// The bytes need not be aligned; their length must match the shape exactly.
+    pub fn from_le_bytes(bytes: &[u8], dtype: DType, shape: &[usize]) -> Result<Self> {
+        let want = numel(shape) * dtype.size_in_bytes();
+        if bytes.len() != want {
+            return Err(TensorError::Bytes {
+                op: "Tensor::from_le_bytes",
+                msg: format!(
+                    "{} bytes for a {dtype} tensor of shape {shape:?}, expected {want}",
+                    bytes.len()
+                ),
+            });
+        }
+        if cfg!(target_endian = "big") {
+            return Err(TensorError::Bytes {
+                op: "Tensor::from_le_bytes",
+                msg: "big-endian hosts are not supported".into(),
+            });
+        }
+        let storage = match dtype {
+            DType::F32 => CpuStorage::F32(bytemuck::pod_collect_to_vec(bytes)),
+            DType::BF16 => CpuStorage::BF16(bytemuck::pod_collect_to_vec(bytes)),
+            DType::F16 => CpuStorage::F16(bytemuck::pod_collect_to_vec(bytes)),
+        };
+        Ok(Self {
+            shape: shape.to_vec(),
+            storage: Storage::Cpu(storage),
+        })
+    }
+
+    /// The dimensions.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        numel(&self.shape)
+    }
+
+    /// Number of dimensions.
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        match &self.storage {
+            Storage::Cpu(s) => s.dtype(),
+        }
+    }
+
+    /// The device holding the storage.
+    pub fn device(&self) -> Device {
+        match &self.storage {
+            Storage::Cpu(_) => Device::Cpu,
+        }
+    }
+
+    /// The raw storage, for backends.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// Size of the storage in bytes.
+    pub fn size_in_bytes(&self) -> usize {
+        self.numel() * self.dtype().size_in_bytes()
+    }
+
+    /// The same elements under a new shape with the same element count.
+    pub fn reshape(mut self, shape: &[usize]) -> Result<Self> {
+        if numel(shape) != self.numel() {
+            return Err(TensorError::shape(
+                "Tensor::reshape",
+                "new shape",
+                format!("{} elements", self.numel()),
+                shape,
+            ));
+        }
+        self.shape = shape.to_vec();
+        Ok(self)
+    }
+
+    /// Checks the shape is exactly `[a, b]` and returns the two dims.
+    pub fn dims2(&self, op: &'static str, what: &'static str) -> Result<(usize, usize)> {
+        match self.shape[..] {
+            [a, b] => Ok((a, b)),
+            _ => Err(TensorError::shape(op, what, "rank 2", &self.shape)),
+        }
+    }
+
+    /// Checks the shape is exactly `[a, b, c]` and returns the three dims.
+    pub fn dims3(&self, op: &'static str, what: &'static str) -> Result<(usize, usize, usize)> {
+        match self.shape[..] {
+            [a, b, c] => Ok((a, b, c)),
+            _ => Err(TensorError::shape(op, what, "rank 3", &self.shape)),
+        }
+    }
+
+    /// Borrows the elements as `T`; errors if the dtype or device differs.
+    pub fn as_slice<T: Element>(&self) -> Result<&[T]> {
+        let found = self.dtype();
+        let Storage::Cpu(s) = &self.storage;
+        let bytes: &[u8] = match s {
+            CpuStorage::F32(v) if T::DTYPE == DType::F32 => bytemuck::cast_slice(v),
+            CpuStorage::BF16(v) if T::DTYPE == DType::BF16 => bytemuck::cast_slice(v),
+            CpuStorage::F16(v) if T::DTYPE == DType::F16 => bytemuck::cast_slice(v),
+            _ => {
+                return Err(TensorError::DType {
+                    op: "Tensor::as_slice",
+                    what: "tensor",
+                    expected: T::DTYPE,
+                    found,
+                });
+            }
+        };
+        Ok(bytemuck::cast_slice(bytes))
+    }
+
+    /// Mutably borrows the elements as `T`; errors if the dtype or device differs.
+    pub fn as_slice_mut<T: Element>(&mut self) -> Result<&mut [T]> {
+        let found = self.dtype();
+        let Storage::Cpu(s) = &mut self.storage;
+        let bytes: &mut [u8] = match s {
+            CpuStorage::F32(v) if T::DTYPE == DType::F32 => bytemuck::cast_slice_mut(v),
+            CpuStorage::BF16(v) if T::DTYPE == DType::BF16 => bytemuck::cast_slice_mut(v),
+            CpuStorage::F16(v) if T::DTYPE == DType::F16 => bytemuck::cast_slice_mut(v),
+            _ => {
+                return Err(TensorError::DType {
+                    op: "Tensor::as_slice_mut",
+                    what: "tensor",
+                    expected: T::DTYPE,
+                    found,
+                });
+            }
+        };
+        Ok(bytemuck::cast_slice_mut(bytes))
+    }
+
+    /// Borrows f32 elements (the CPU compute dtype), naming `op` and `what` on error.
+    pub fn f32s(&self, op: &'static str, what: &'static str) -> Result<&[f32]> {
+        self.expect_dtype(op, what, DType::F32)?;
+        self.as_slice::<f32>()
+    }
+
+    /// Mutably borrows f32 elements, naming `op` and `what` on error.
+    pub fn f32s_mut(&mut self, op: &'static str, what: &'static str) -> Result<&mut [f32]> {
+        self.expect_dtype(op, what, DType::F32)?;
+        self.as_slice_mut::<f32>()
+    }
+
+    /// Errors unless the tensor has `dtype`.
+    pub fn expect_dtype(&self, op: &'static str, what: &'static str, dtype: DType) -> Result<()> {
+        if self.dtype() == dtype {
+            Ok(())
+        } else {
+            Err(TensorError::DType {
+                op,
+                what,
+                expected: dtype,
+                found: self.dtype(),
+            })
+        }
+    }
+
+    /// Errors unless the shape equals `shape`.
+    pub fn expect_shape(
+        &self,
+        op: &'static str,
+        what: &'static str,
+        shape: &[usize],
+    ) -> Result<()> {
+        if self.shape == shape {
+            Ok(())
+        } else {
+            Err(TensorError::shape(
+                op,
+                what,
+                format!("{shape:?}"),
+                &self.shape,
+            ))
+        }
+    }
+
+    /// Copies the elements out as f32, widening bf16/f16.
+    pub fn to_vec_f32(&self) -> Vec<f32> {
+        let Storage::Cpu(s) = &self.storage;
+        match s {
+            CpuStorage::F32(v) => v.clone(),
+            CpuStorage::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            CpuStorage::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+        }
+    }
+
+    /// Converts to `dtype` (round-to-nearest-even when narrowing).
+    pub fn to_dtype(&self, dtype: DType) -> Tensor {
+        if dtype == self.dtype() {
+            return self.clone();
+        }
+        let f = self.to_vec_f32();
+        let storage = match dtype {
+            DType::F32 => CpuStorage::F32(f),
+            DType::BF16 => CpuStorage::BF16(f.iter().map(|&x| bf16::from_f32(x)).collect()),
+            DType::F16 => CpuStorage::F16(f.iter().map(|&x| f16::from_f32(x)).collect()),
+        };
+        debug_assert_eq!(storage.len(), self.numel());
+        Tensor {
+            shape: self.shape.clone(),
+            storage: Storage::Cpu(storage),
+        }
+    }
+
+    /// Moves the tensor to `device` (a no-op copy on the CPU today).
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        match device {
+            Device::Cpu => Ok(self.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_vec_checks_element_count() {
+        let err = Tensor::from_vec(vec![1.0f32; 5], &[2, 3]).unwrap_err();
+        assert!(err.to_string().contains("6 elements"), "{err}");
+    }
+
+    #[test]
+    fn casts_round_trip_and_round_to_nearest() {
+        let t = Tensor::from_vec(vec![1.0f32, -2.5, 1.0 + 1.0 / 256.0, 3.0e38], &[4]).unwrap();
+        let b = t.to_dtype(DType::BF16);
+        assert_eq!(b.dtype(), DType::BF16);
+        let back = b.to_vec_f32();
+        assert_eq!(back[0], 1.0);
+        assert_eq!(back[1], -2.5);
+        // 1 + 2^-8 is a tie between bf16 neighbours 1 and 1 + 2^-7: round to even gives 1.
+        assert_eq!(back[2], 1.0);
+        let h = t.to_dtype(DType::F16).to_vec_f32();
+        assert!(h[3].is_infinite(), "3e38 overflows f16");
+    }
+
+    #[test]
+    fn from_le_bytes_reads_unaligned_and_rejects_truncation() {
+        let vals = [1.5f32, -0.25, 8.0];
+        let mut bytes = vec![0u8];
+        for v in vals {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        let t = Tensor::from_le_bytes(&bytes[1..], DType::F32, &[3]).unwrap();
+        assert_eq!(t.as_slice::<f32>().unwrap(), &vals);
+        let err = Tensor::from_le_bytes(&bytes[1..12], DType::F32, &[3]).unwrap_err();
+        assert!(err.to_string().contains("expected 12"), "{err}");
+        let h = Tensor::from_le_bytes(&half::bf16::from_f32(2.0).to_le_bytes(), DType::BF16, &[1])
+            .unwrap();
+        assert_eq!(h.to_vec_f32(), vec![2.0]);
+    }
+
+    #[test]
+    fn dtype_mismatch_is_an_error_naming_both() {
+        let t = Tensor::zeros(&[2], DType::BF16, Device::Cpu);
+        let err = t.f32s("rmsnorm", "x").unwrap_err().to_string();
+        assert!(
+            err.contains("rmsnorm") && err.contains("F32") && err.contains("BF16"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn reshape_keeps_elements() {
+        let t = Tensor::from_vec((0..6).map(|x| x as f32).collect(), &[2, 3]).unwrap();
+        let r = t.reshape(&[3, 2]).unwrap();
+        assert_eq!(r.dims2("t", "r").unwrap(), (3, 2));
+        assert!(r.reshape(&[4]).is_err());
+    }
+}

@@ -1,0 +1,85 @@
+//! Helpers shared by the op tests, the benches and the CLI self-check:
+//! seeded random inputs, error norms and a central finite-difference
+//! gradient check. Public so that crates above (layers, trainers) check their
+//! own backward passes the same way.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::Real;
+
+/// A seeded RNG, so every test input is reproducible from its seed.
+pub fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+/// `n` values uniform in `[-scale, scale)`.
+pub fn uniform<T: Real>(rng: &mut StdRng, n: usize, scale: f64) -> Vec<T> {
+    (0..n)
+        .map(|_| T::of(rng.random_range(-scale..scale)))
+        .collect()
+}
+
+/// ‖a − b‖₂ / max(‖b‖₂, tiny): the relative error of `a` against reference `b`.
+pub fn rel_err<T: Real>(a: &[T], b: &[T]) -> f64 {
+    assert_eq!(a.len(), b.len(), "rel_err: lengths differ");
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (x.f64(), y.f64());
+        num += (x - y) * (x - y);
+        den += y * y;
+    }
+    num.sqrt() / den.sqrt().max(1e-30)
+}
+
+/// Panics with a named message unless `rel_err(got, want) <= tol` and `got` is finite.
+#[track_caller]
+pub fn assert_close<T: Real>(what: &str, got: &[T], want: &[T], tol: f64) {
+    assert!(
+        got.iter().all(|x| x.is_finite()),
+        "{what}: non-finite values in result"
+    );
+    let e = rel_err(got, want);
+    assert!(e <= tol, "{what}: relative error {e:.3e} > {tol:.1e}");
+}
+
+/// Checks `analytic` = ∂f/∂x at `x` by central differences with step `eps`,
+/// on at most `max_probes` coordinates spread evenly over `x`.
+/// Each coordinate must satisfy |fd − an| ≤ tol · max(1, |fd|, |an|).
+#[track_caller]
+pub fn check_grad(
+    what: &str,
+    mut f: impl FnMut(&[f64]) -> f64,
+    x: &[f64],
+    analytic: &[f64],
+    max_probes: usize,
+) {
+    const EPS: f64 = 1e-6;
+    const TOL: f64 = 1e-6;
+    assert_eq!(x.len(), analytic.len(), "{what}: gradient length");
+    let step = (x.len() / max_probes.max(1)).max(1);
+    let mut xp = x.to_vec();
+    let mut probes = 0;
+    for i in (0..x.len()).step_by(step) {
+        xp[i] = x[i] + EPS;
+        let fp = f(&xp);
+        xp[i] = x[i] - EPS;
+        let fm = f(&xp);
+        xp[i] = x[i];
+        let fd = (fp - fm) / (2.0 * EPS);
+        let an = analytic[i];
+        let scale = 1f64.max(fd.abs()).max(an.abs());
+        assert!(
+            (fd - an).abs() <= TOL * scale,
+            "{what}: d/dx[{i}] finite difference {fd:.9e} vs analytic {an:.9e}"
+        );
+        probes += 1;
+    }
+    assert!(probes > 0, "{what}: no coordinate probed");
+}
+
+/// Σ out·w: a scalar loss whose gradient w.r.t. `out` is `w`. Random `w` make
+/// every output element matter to a gradient check.
+pub fn dot(out: &[f64], w: &[f64]) -> f64 {
+    out.iter().zip(w).map(|(a, b)| a * b).sum()
+}
