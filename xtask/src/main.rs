@@ -1,1 +1,202 @@
-fn main() {}
+//! Developer tasks, run as `cargo xtask <task>`.
+//!
+//! `ptx [--check]`: compiles every `kernels/*.cu` to `kernels/ptx/*.ptx`.
+//! The PTX is committed and embedded by `crates/tensor`, so a normal build
+//! never needs nvcc; only kernel authors and CI's staleness check do. nvcc
+//! comes from `$NVCC`, the PATH, or the pinned CUDA 13.0.88 PyPI wheels
+//! installed into a cache directory: their PTX ISA (9.0) is the newest the
+//! deployed 580 drivers load, and newer wheels emit PTX those drivers reject.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// The PyPI wheels that make up a CUDA 13.0 nvcc, pinned as a set.
+const NVCC_WHEELS: &[&str] = &[
+    "nvidia-cuda-nvcc==13.0.88",
+    "nvidia-nvvm==13.0.88",
+    "nvidia-cuda-crt==13.0.88",
+    "nvidia-cuda-runtime==13.0.88",
+    "nvidia-cuda-cccl==13.0.85",
+];
+/// Virtual architecture of the emitted PTX: runs on sm_80 and later by JIT.
+const PTX_ARCH: &str = "compute_80";
+/// Real architectures every PTX file must assemble for.
+const PTXAS_ARCHS: &[&str] = &["sm_80", "sm_90"];
+/// Newest PTX ISA the CUDA 13.0 driver accepts.
+const MAX_PTX_ISA: (u32, u32) = (9, 0);
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["ptx"] => ptx(false),
+        ["ptx", "--check"] => ptx(true),
+        _ => {
+            eprintln!("usage: cargo xtask ptx [--check]");
+            eprintln!("  ptx          compile kernels/*.cu to kernels/ptx/*.ptx");
+            eprintln!("  ptx --check  fail if a committed .ptx is stale; validate with ptxas");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the repository root")
+        .to_path_buf()
+}
+
+fn kernel_sources(root: &Path) -> Result<Vec<PathBuf>> {
+    let dir = root.join("kernels");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "cu") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn ptx(check: bool) -> Result<()> {
+    let root = repo_root();
+    let sources = kernel_sources(&root)?;
+    if sources.is_empty() {
+        println!("no kernels/*.cu yet: nothing to compile or check");
+        return Ok(());
+    }
+    let nvcc = find_nvcc()?;
+    let ptxas = nvcc.with_file_name("ptxas");
+    let out_dir = root.join("kernels/ptx");
+    std::fs::create_dir_all(&out_dir)?;
+    let scratch = std::env::temp_dir().join(format!("llm2comp-ptx-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let mut stale = Vec::new();
+    for src in &sources {
+        let name = src.file_stem().unwrap().to_string_lossy().to_string();
+        let fresh = scratch.join(format!("{name}.ptx"));
+        compile(&nvcc, src, &fresh)?;
+        check_isa(&fresh)?;
+        let committed = out_dir.join(format!("{name}.ptx"));
+        if check {
+            let old = std::fs::read(&committed).unwrap_or_default();
+            if old != std::fs::read(&fresh)? {
+                stale.push(committed.display().to_string());
+            }
+        } else {
+            std::fs::copy(&fresh, &committed)?;
+            println!("wrote {}", committed.display());
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    if !stale.is_empty() {
+        bail!(
+            "stale or missing PTX (run `cargo xtask ptx` and commit): {}",
+            stale.join(", ")
+        );
+    }
+    for src in &sources {
+        let name = src.file_stem().unwrap().to_string_lossy().to_string();
+        validate(&ptxas, &out_dir.join(format!("{name}.ptx")))?;
+    }
+    Ok(())
+}
+
+fn compile(nvcc: &Path, src: &Path, out: &Path) -> Result<()> {
+    let status = Command::new(nvcc)
+        .args(["-ptx", "-O3", "-std=c++17", "-lineinfo"])
+        .arg(format!("-arch={PTX_ARCH}"))
+        .arg("-o")
+        .arg(out)
+        .arg(src)
+        .status()
+        .with_context(|| format!("running {}", nvcc.display()))?;
+    if !status.success() {
+        bail!("nvcc failed on {}", src.display());
+    }
+    Ok(())
+}
+
+/// Refuses PTX whose `.version` the deployed driver would reject at load time.
+fn check_isa(ptx: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(ptx)?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(".version"))
+        .with_context(|| format!("{}: no .version line", ptx.display()))?;
+    let v = line.trim_start_matches(".version").trim();
+    let (maj, min) = v
+        .split_once('.')
+        .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
+        .with_context(|| format!("{}: unreadable `{line}`", ptx.display()))?;
+    if (maj, min) > MAX_PTX_ISA {
+        bail!(
+            "{}: PTX ISA {maj}.{min} is newer than {}.{} (CUDA 13.0 driver); use the pinned nvcc 13.0.88",
+            ptx.display(),
+            MAX_PTX_ISA.0,
+            MAX_PTX_ISA.1
+        );
+    }
+    Ok(())
+}
+
+/// Assembles the PTX for each target architecture and prints ptxas's resource report.
+fn validate(ptxas: &Path, ptx: &Path) -> Result<()> {
+    for arch in PTXAS_ARCHS {
+        let out = Command::new(ptxas)
+            .args(["-v", "-o", "/dev/null"])
+            .arg(format!("-arch={arch}"))
+            .arg(ptx)
+            .output()
+            .with_context(|| format!("running {}", ptxas.display()))?;
+        let report = String::from_utf8_lossy(&out.stderr);
+        println!("== {} on {arch}", ptx.display());
+        for l in report.lines().filter(|l| {
+            l.contains("registers") || l.contains("spill") || l.contains("Compiling")
+        }) {
+            println!("  {}", l.trim_start_matches("ptxas info    : "));
+        }
+        if !out.status.success() {
+            bail!("ptxas rejected {} for {arch}:\n{report}", ptx.display());
+        }
+    }
+    Ok(())
+}
+
+/// `$NVCC`, then the PATH, then the pinned wheels in the cache (installed on first use).
+fn find_nvcc() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("NVCC") {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some(p) = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join("nvcc"))
+        .find(|p| p.is_file())
+    {
+        return Ok(p);
+    }
+    let cache = std::env::var_os("LLM2COMP_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("llm2comp")))
+        .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/llm2comp")))
+        .context("no HOME or XDG_CACHE_HOME to put the nvcc cache in; set NVCC")?
+        .join("nvcc-13.0.88");
+    let nvcc = cache.join("nvidia/cu13/bin/nvcc");
+    if !nvcc.is_file() {
+        eprintln!("installing nvcc 13.0.88 from PyPI into {}", cache.display());
+        let status = Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--target"])
+            .arg(&cache)
+            .args(NVCC_WHEELS)
+            .status()
+            .context("running python3 -m pip (needed to fetch nvcc; or set NVCC)")?;
+        if !status.success() || !nvcc.is_file() {
+            bail!("could not install nvcc into {}", cache.display());
+        }
+    }
+    Ok(nvcc)
+}
