@@ -1,1 +1,243 @@
-//! TODO(issue 2): filled in by the op-family work in progress.
+//! Linear layers without bias (Llama's projections). Kernels: `cpu/matmul.rs`.
+//!
+//! W is stored [out, in] as PyTorch stores `nn.Linear`, so checkpoints load
+//! without a transpose. Every leading dimension of x is flattened into rows:
+//! a [batch, seq, in] activation is one [batch·seq, in] GEMM, the shape that
+//! keeps the GEMM large enough to pay for its packing.
+
+use crate::{Device, Result, Tensor, TensorError, cpu};
+
+const OP: &str = "linear";
+
+/// `[out, in]` of a weight-shaped tensor (`what`: weight or dweight), checking rank and dtype.
+fn weight_dims(w: &Tensor, what: &'static str) -> Result<(usize, usize)> {
+    w.expect_dtype(OP, what, crate::DType::F32)?;
+    w.dims2(OP, what)
+}
+
+/// Splits `[.., last]` into (product of leading dims, last), requiring `last == want`.
+fn rows_of(t: &Tensor, what: &'static str, want: usize) -> Result<usize> {
+    match t.shape().split_last() {
+        Some((&last, lead)) if last == want => Ok(lead.iter().product()),
+        _ => Err(TensorError::shape(
+            OP,
+            what,
+            format!("[.., {want}]"),
+            t.shape(),
+        )),
+    }
+}
+
+/// The shape `t` gets when its last dimension becomes `last`.
+fn with_last(t: &Tensor, last: usize) -> Vec<usize> {
+    let mut s = t.shape().to_vec();
+    if let Some(l) = s.last_mut() {
+        *l = last;
+    }
+    s
+}
+
+/// y = x·Wᵀ. x: [.., in]; w: [out, in]; returns [.., out]. f32.
+pub fn linear_forward(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (d_out, d_in) = weight_dims(w, "weight [out, in]")?;
+    let rows = rows_of(x, "x", d_in)?;
+    x.expect_dtype(OP, "x", crate::DType::F32)?;
+    crate::ops::same_device(OP, &[x, w])?;
+    match x.device() {
+        Device::Cpu => {
+            let mut y = Tensor::zeros(&with_last(x, d_out), x.dtype(), Device::Cpu);
+            cpu::matmul::x_wt(
+                x.f32s(OP, "x")?,
+                w.f32s(OP, "weight")?,
+                y.f32s_mut(OP, "y")?,
+                rows,
+                d_in,
+                d_out,
+                false,
+            );
+            Ok(y)
+        }
+    }
+}
+
+/// dx = dy·W. dy: [.., out]; w: [out, in]; returns [.., in]. f32.
+pub fn linear_backward_input(dy: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (d_out, d_in) = weight_dims(w, "weight [out, in]")?;
+    let rows = rows_of(dy, "dy", d_out)?;
+    dy.expect_dtype(OP, "dy", crate::DType::F32)?;
+    crate::ops::same_device(OP, &[dy, w])?;
+    match dy.device() {
+        Device::Cpu => {
+            let mut dx = Tensor::zeros(&with_last(dy, d_in), dy.dtype(), Device::Cpu);
+            cpu::matmul::dy_w(
+                dy.f32s(OP, "dy")?,
+                w.f32s(OP, "weight")?,
+                dx.f32s_mut(OP, "dx")?,
+                rows,
+                d_out,
+                d_in,
+                false,
+            );
+            Ok(dx)
+        }
+    }
+}
+
+/// dw += dyᵀ·x. dy: [.., out]; x: [.., in] with dy's leading dims; dw: [out, in]. f32.
+pub fn linear_backward_weight(dy: &Tensor, x: &Tensor, dw: &mut Tensor) -> Result<()> {
+    let (d_out, d_in) = weight_dims(dw, "dweight [out, in]")?;
+    let rows = rows_of(x, "x", d_in)?;
+    dy.expect_shape(OP, "dy", &with_last(x, d_out))?;
+    crate::ops::same_device(OP, &[dy, x, dw])?;
+    match dy.device() {
+        Device::Cpu => {
+            cpu::matmul::dyt_x(
+                dy.f32s(OP, "dy")?,
+                x.f32s(OP, "x")?,
+                dw.f32s_mut(OP, "dweight")?,
+                rows,
+                d_out,
+                d_in,
+            );
+            Ok(())
+        }
+    }
+}
+
+/// The whole backward: returns dx and adds dW into `dweight` when given (`None` for a frozen weight).
+pub fn backward(
+    dy: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    dweight: Option<&mut Tensor>,
+) -> Result<Tensor> {
+    let (d_out, d_in) = weight_dims(w, "weight [out, in]")?;
+    rows_of(x, "x", d_in)?;
+    dy.expect_shape(OP, "dy", &with_last(x, d_out))?;
+    if let Some(dw) = &dweight {
+        dw.expect_shape(OP, "dweight", w.shape())?;
+    }
+    let dx = linear_backward_input(dy, w)?;
+    if let Some(dw) = dweight {
+        linear_backward_weight(dy, x, dw)?;
+    }
+    Ok(dx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DType;
+    use crate::testing::{assert_close, rng, uniform};
+
+    fn t(shape: &[usize]) -> Tensor {
+        Tensor::zeros(shape, DType::F32, Device::Cpu)
+    }
+
+    fn rand_t(shape: &[usize], seed: u64) -> Tensor {
+        let n = shape.iter().product();
+        Tensor::from_vec(uniform::<f32>(&mut rng(seed), n, 1.0), shape).unwrap()
+    }
+
+    fn err_text<T: std::fmt::Debug>(r: Result<T>) -> String {
+        r.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn leading_dims_flatten_into_rows() {
+        let (b, s, d_in, d_out) = (2, 3, 5, 4);
+        let x = rand_t(&[b, s, d_in], 1);
+        let w = rand_t(&[d_out, d_in], 2);
+        let y = linear_forward(&x, &w).unwrap();
+        assert_eq!(y.shape(), &[b, s, d_out]);
+        let (xv, wv) = (x.to_vec_f32(), w.to_vec_f32());
+        let want: Vec<f32> = (0..b * s * d_out)
+            .map(|i| {
+                let (r, o) = (i / d_out, i % d_out);
+                (0..d_in)
+                    .map(|k| xv[r * d_in + k] as f64 * wv[o * d_in + k] as f64)
+                    .sum::<f64>() as f32
+            })
+            .collect();
+        assert_close("linear forward", &y.to_vec_f32(), &want, 1e-6);
+
+        let dy = rand_t(&[b, s, d_out], 3);
+        let mut dw = t(&[d_out, d_in]);
+        let dx = backward(&dy, &x, &w, Some(&mut dw)).unwrap();
+        assert_eq!(dx.shape(), x.shape());
+        let dyv = dy.to_vec_f32();
+        let want_dw: Vec<f32> = (0..d_out * d_in)
+            .map(|i| {
+                let (o, k) = (i / d_in, i % d_in);
+                (0..b * s)
+                    .map(|r| dyv[r * d_out + o] as f64 * xv[r * d_in + k] as f64)
+                    .sum::<f64>() as f32
+            })
+            .collect();
+        assert_close("linear dw", &dw.to_vec_f32(), &want_dw, 1e-6);
+        // A second call accumulates.
+        linear_backward_weight(&dy, &x, &mut dw).unwrap();
+        let twice: Vec<f32> = want_dw.iter().map(|v| 2.0 * v).collect();
+        assert_close("linear dw accumulates", &dw.to_vec_f32(), &twice, 1e-6);
+    }
+
+    #[test]
+    fn forward_rejects_bad_shapes_and_dtypes() {
+        let e = err_text(linear_forward(&t(&[3, 5]), &t(&[4, 6])));
+        assert!(
+            e.contains("linear") && e.contains("x") && e.contains("[.., 6]"),
+            "{e}"
+        );
+        let e = err_text(linear_forward(&t(&[3, 5]), &t(&[4, 5, 1])));
+        assert!(e.contains("weight") && e.contains("rank 2"), "{e}");
+        let e = err_text(linear_forward(&t(&[]), &t(&[4, 5])));
+        assert!(e.contains("x") && e.contains("[]"), "{e}");
+        let w16 = Tensor::zeros(&[4, 5], DType::BF16, Device::Cpu);
+        let e = err_text(linear_forward(&t(&[3, 5]), &w16));
+        assert!(e.contains("weight") && e.contains("BF16"), "{e}");
+        let x16 = Tensor::zeros(&[3, 5], DType::F16, Device::Cpu);
+        let e = err_text(linear_forward(&x16, &t(&[4, 5])));
+        assert!(e.contains("x") && e.contains("F16"), "{e}");
+    }
+
+    #[test]
+    fn backward_rejects_bad_shapes() {
+        let w = t(&[4, 5]);
+        let e = err_text(linear_backward_input(&t(&[3, 5]), &w));
+        assert!(e.contains("dy") && e.contains("[.., 4]"), "{e}");
+        let e = err_text(linear_backward_weight(
+            &t(&[3, 4]),
+            &t(&[2, 5]),
+            &mut t(&[4, 5]),
+        ));
+        assert!(e.contains("dy") && e.contains("[2, 4]"), "{e}");
+        let e = err_text(linear_backward_weight(
+            &t(&[3, 4]),
+            &t(&[3, 5]),
+            &mut t(&[4, 6]),
+        ));
+        assert!(e.contains("x") && e.contains("[.., 6]"), "{e}");
+        let e = err_text(linear_backward_weight(
+            &t(&[3, 4]),
+            &t(&[3, 5]),
+            &mut t(&[20]),
+        ));
+        assert!(e.contains("weight") && e.contains("rank 2"), "{e}");
+        let e = err_text(backward(
+            &t(&[3, 4]),
+            &t(&[3, 5]),
+            &w,
+            Some(&mut t(&[5, 4])),
+        ));
+        assert!(e.contains("dweight") && e.contains("[4, 5]"), "{e}");
+        let e = err_text(backward(&t(&[2, 3, 4]), &t(&[3, 2, 5]), &w, None));
+        assert!(e.contains("dy") && e.contains("[3, 2, 4]"), "{e}");
+    }
+
+    #[test]
+    fn empty_inner_dimension_gives_zeros() {
+        let y = linear_forward(&t(&[3, 0]), &t(&[4, 0])).unwrap();
+        assert_eq!(y.shape(), &[3, 4]);
+        assert!(y.to_vec_f32().iter().all(|&v| v == 0.0));
+    }
+}
