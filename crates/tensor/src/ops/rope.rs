@@ -1,1 +1,271 @@
-//! TODO(issue 2): filled in by the op-family work in progress.
+//! Rotary position embedding of query/key heads. Kernels: `cpu/rope.rs`.
+//!
+//! The cos/sin tables are built once per model on the host (in f64, then
+//! stored as f32 tensors on the target device) and shared by every layer.
+//! Positions are a host slice because they come from the batch packer on the
+//! host; packed batches restart them at 0 for every sequence.
+
+use crate::{DType, Device, Result, Tensor, TensorError, cpu};
+
+pub use crate::cpu::rope::{RopeConfig, RopeScaling};
+
+const OP: &str = "rope";
+
+/// Precomputed cos/sin of p·θᵢ for positions 0..max_positions.
+#[derive(Debug, Clone)]
+pub struct RopeTable {
+    head_dim: usize,
+    max_positions: usize,
+    /// [max_positions, head_dim/2]
+    cos: Tensor,
+    /// [max_positions, head_dim/2]
+    sin: Tensor,
+}
+
+fn finite_positive(what: &str, v: f64) -> Result<()> {
+    if v.is_finite() && v > 0.0 {
+        Ok(())
+    } else {
+        Err(TensorError::invalid(
+            OP,
+            format!("{what} must be finite and > 0, got {v}"),
+        ))
+    }
+}
+
+fn check_config(cfg: &RopeConfig) -> Result<()> {
+    if cfg.head_dim == 0 || !cfg.head_dim.is_multiple_of(2) {
+        return Err(TensorError::invalid(
+            OP,
+            format!("head_dim must be even and > 0, got {}", cfg.head_dim),
+        ));
+    }
+    finite_positive("theta", cfg.theta)?;
+    if let Some(s) = &cfg.scaling {
+        finite_positive("scaling.factor", s.factor)?;
+        finite_positive("scaling.low_freq_factor", s.low_freq_factor)?;
+        finite_positive("scaling.high_freq_factor", s.high_freq_factor)?;
+        finite_positive(
+            "scaling.original_max_position_embeddings",
+            s.original_max_position_embeddings as f64,
+        )?;
+        if s.high_freq_factor <= s.low_freq_factor {
+            return Err(TensorError::invalid(
+                OP,
+                format!(
+                    "scaling.high_freq_factor ({}) must exceed low_freq_factor ({})",
+                    s.high_freq_factor, s.low_freq_factor
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl RopeTable {
+    /// Validates `cfg` and builds the tables for positions 0..max_positions on `device`.
+    pub fn new(cfg: &RopeConfig, max_positions: usize, device: Device) -> Result<Self> {
+        check_config(cfg)?;
+        let half = cfg.head_dim / 2;
+        let (cos, sin) = cpu::rope::cos_sin_tables::<f32>(&cpu::rope::inv_freq(cfg), max_positions);
+        let shape = [max_positions, half];
+        Ok(Self {
+            head_dim: cfg.head_dim,
+            max_positions,
+            cos: Tensor::from_vec(cos, &shape)?.to_device(device)?,
+            sin: Tensor::from_vec(sin, &shape)?.to_device(device)?,
+        })
+    }
+
+    /// The head dimension D the table was built for.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+
+    /// One past the largest position the table covers.
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    /// cos(p·θᵢ): [max_positions, D/2].
+    pub fn cos(&self) -> &Tensor {
+        &self.cos
+    }
+
+    /// sin(p·θᵢ): [max_positions, D/2].
+    pub fn sin(&self) -> &Tensor {
+        &self.sin
+    }
+
+    /// The device the tables live on.
+    pub fn device(&self) -> Device {
+        self.cos.device()
+    }
+}
+
+fn check(x: &Tensor, what: &'static str, positions: &[u32], table: &RopeTable) -> Result<()> {
+    let (tokens, _, d) = x.dims3(OP, what)?;
+    if d != table.head_dim {
+        return Err(TensorError::shape(
+            OP,
+            what,
+            format!("[tokens, heads, {}] (the table's head_dim)", table.head_dim),
+            x.shape(),
+        ));
+    }
+    if positions.len() != tokens {
+        return Err(TensorError::invalid(
+            OP,
+            format!(
+                "{} positions for {tokens} tokens of {what}",
+                positions.len()
+            ),
+        ));
+    }
+    if let Some((t, &p)) = positions
+        .iter()
+        .enumerate()
+        .find(|&(_, &p)| p as usize >= table.max_positions)
+    {
+        return Err(TensorError::invalid(
+            OP,
+            format!(
+                "position {p} of token {t} is beyond the table (max_positions {})",
+                table.max_positions
+            ),
+        ));
+    }
+    x.expect_dtype(OP, what, DType::F32)?;
+    if x.device() != table.device() {
+        return Err(TensorError::Device {
+            op: OP,
+            expected: table.device(),
+            found: x.device(),
+        });
+    }
+    Ok(())
+}
+
+fn rotate(x: &mut Tensor, positions: &[u32], table: &RopeTable, inverse: bool) -> Result<()> {
+    let d = table.head_dim;
+    match x.device() {
+        Device::Cpu => {
+            let cos = table.cos.f32s(OP, "cos table")?;
+            let sin = table.sin.f32s(OP, "sin table")?;
+            let x = x.f32s_mut(OP, "x")?;
+            if inverse {
+                cpu::rope::backward(x, d, positions, cos, sin);
+            } else {
+                cpu::rope::forward(x, d, positions, cos, sin);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Rotates x: [tokens, heads, head_dim] by the angles of each token's position.
+pub fn forward(x: &Tensor, positions: &[u32], table: &RopeTable) -> Result<Tensor> {
+    let mut y = x.clone();
+    forward_inplace(&mut y, positions, table)?;
+    Ok(y)
+}
+
+/// [`forward`] overwriting x (saves a copy when x is not needed afterwards).
+pub fn forward_inplace(x: &mut Tensor, positions: &[u32], table: &RopeTable) -> Result<()> {
+    check(x, "x", positions, table)?;
+    rotate(x, positions, table, false)
+}
+
+/// dx from dy: the rotation by the negated angles.
+pub fn backward(dy: &Tensor, positions: &[u32], table: &RopeTable) -> Result<Tensor> {
+    let mut dx = dy.clone();
+    backward_inplace(&mut dx, positions, table)?;
+    Ok(dx)
+}
+
+/// [`backward`] turning dy into dx in place.
+pub fn backward_inplace(grad: &mut Tensor, positions: &[u32], table: &RopeTable) -> Result<()> {
+    check(grad, "dy", positions, table)?;
+    rotate(grad, positions, table, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(d: usize) -> RopeConfig {
+        RopeConfig {
+            head_dim: d,
+            theta: 10_000.0,
+            scaling: None,
+        }
+    }
+
+    #[test]
+    fn rejects_bad_configs() {
+        let odd = RopeTable::new(&cfg(7), 8, Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(odd.contains("rope") && odd.contains("even"), "{odd}");
+        let theta = RopeTable::new(
+            &RopeConfig {
+                theta: f64::NAN,
+                ..cfg(8)
+            },
+            8,
+            Device::Cpu,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(theta.contains("theta"), "{theta}");
+        let bands = RopeTable::new(
+            &RopeConfig {
+                scaling: Some(RopeScaling {
+                    factor: 8.0,
+                    low_freq_factor: 4.0,
+                    high_freq_factor: 1.0,
+                    original_max_position_embeddings: 8192,
+                }),
+                ..cfg(8)
+            },
+            8,
+            Device::Cpu,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(bands.contains("high_freq_factor"), "{bands}");
+    }
+
+    #[test]
+    fn rejects_positions_beyond_table_and_shape_mismatches() {
+        let table = RopeTable::new(&cfg(8), 4, Device::Cpu).unwrap();
+        let x = Tensor::zeros(&[3, 2, 8], DType::F32, Device::Cpu);
+        let err = forward(&x, &[0, 1, 4], &table).unwrap_err().to_string();
+        assert!(
+            err.contains("position 4") && err.contains("max_positions 4"),
+            "{err}"
+        );
+        let err = forward(&x, &[0, 1], &table).unwrap_err().to_string();
+        assert!(err.contains("2 positions for 3 tokens"), "{err}");
+        let wrong_d = Tensor::zeros(&[3, 2, 6], DType::F32, Device::Cpu);
+        let err = backward(&wrong_d, &[0, 1, 2], &table)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dy") && err.contains("head_dim"), "{err}");
+        let bf = Tensor::zeros(&[3, 2, 8], DType::BF16, Device::Cpu);
+        assert!(forward(&bf, &[0, 1, 2], &table).is_err());
+        let rank2 = Tensor::zeros(&[3, 16], DType::F32, Device::Cpu);
+        assert!(forward(&rank2, &[0, 1, 2], &table).is_err());
+    }
+
+    #[test]
+    fn backward_undoes_forward_through_tensors() {
+        let table = RopeTable::new(&cfg(6), 10, Device::Cpu).unwrap();
+        let data: Vec<f32> = (0..2 * 3 * 6).map(|i| (i as f32 * 0.37).sin()).collect();
+        let x = Tensor::from_vec(data.clone(), &[2, 3, 6]).unwrap();
+        let y = forward(&x, &[9, 3], &table).unwrap();
+        assert_ne!(y.to_vec_f32(), data);
+        let back = backward(&y, &[9, 3], &table).unwrap().to_vec_f32();
+        crate::testing::assert_close("rope round trip", &back, &data, 1e-6);
+    }
+}
