@@ -1,1 +1,260 @@
-//! TODO(issue 2): filled in by the op-family work in progress.
+//! Fused LM head + KL(teacher ‖ student): the distillation loss between two
+//! sets of hidden states read through one head, without either side's
+//! [N, V] logits. Kernels: `cpu/linear_kl.rs`.
+//!
+//! Forward returns the loss and both sides' per-row log-sum-exp; backward
+//! recomputes the tiles from those. Only the student gets a gradient (the
+//! teacher is the fixed target), and the head's gradient comes from the
+//! student's logits alone.
+
+use crate::cpu::linear_kl::KlInputs;
+use crate::cpu::linear_xent::Tiling;
+use crate::ops::linear_xent::check_row_weights;
+use crate::{Device, Result, Tensor, TensorError, cpu};
+
+pub use crate::cpu::linear_xent::{ROW_CHUNK, VOCAB_TILE};
+
+const OP: &str = "linear_kl";
+
+/// Tile sizes; `Default` is the tuned pair shared with `linear_xent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinearKlOptions {
+    /// Hidden rows per chunk (≥ 1).
+    pub row_chunk: usize,
+    /// Vocabulary entries per logit tile (≥ 1).
+    pub vocab_tile: usize,
+}
+
+impl Default for LinearKlOptions {
+    fn default() -> Self {
+        Self {
+            row_chunk: ROW_CHUNK,
+            vocab_tile: VOCAB_TILE,
+        }
+    }
+}
+
+/// What forward returns.
+#[derive(Debug, Clone)]
+pub struct LinearKlOut {
+    /// Σ_r c_r·KL(softmax(teacher_r·Wᵀ) ‖ softmax(student_r·Wᵀ)), c_r = row weight or 1/rows.
+    pub loss: f32,
+    /// Teacher log-sum-exp per row, [rows] (0 for rows of weight 0).
+    pub lse_teacher: Tensor,
+    /// Student log-sum-exp per row, [rows] (0 for rows of weight 0).
+    pub lse_student: Tensor,
+}
+
+/// Checks every input; returns (rows, hidden size, tiling).
+fn validate(
+    teacher: &Tensor,
+    student: &Tensor,
+    weight: &Tensor,
+    row_weights: Option<&[f32]>,
+    opts: &LinearKlOptions,
+) -> Result<(usize, usize, Tiling)> {
+    if opts.row_chunk == 0 || opts.vocab_tile == 0 {
+        return Err(TensorError::invalid(
+            OP,
+            format!(
+                "row_chunk and vocab_tile must be >= 1, got {} and {}",
+                opts.row_chunk, opts.vocab_tile
+            ),
+        ));
+    }
+    let dim = *student
+        .shape()
+        .last()
+        .ok_or_else(|| TensorError::shape(OP, "student", "rank >= 1 ([.., H])", student.shape()))?;
+    teacher.expect_shape(OP, "teacher", student.shape())?;
+    let (vocab, wdim) = weight.dims2(OP, "weight")?;
+    if wdim != dim || vocab == 0 {
+        return Err(TensorError::shape(
+            OP,
+            "weight",
+            format!("[V >= 1, {dim}] (hidden size of `student`)"),
+            weight.shape(),
+        ));
+    }
+    crate::ops::same_device(OP, &[student, teacher, weight])?;
+    let rows = student.numel() / dim.max(1);
+    if let Some(w) = row_weights {
+        check_row_weights(OP, w, rows)?;
+    }
+    let tiling = Tiling {
+        rows: opts.row_chunk,
+        vocab: opts.vocab_tile,
+    };
+    Ok((rows, dim, tiling))
+}
+
+/// KL(softmax(teacher·Wᵀ) ‖ softmax(student·Wᵀ)) per row, weighted and summed.
+/// teacher, student: [.., H] (same shape); weight: [V, H]; `row_weights`: one per row; f32.
+pub fn forward(
+    teacher: &Tensor,
+    student: &Tensor,
+    weight: &Tensor,
+    row_weights: Option<&[f32]>,
+    opts: &LinearKlOptions,
+) -> Result<LinearKlOut> {
+    let (rows, dim, tiling) = validate(teacher, student, weight, row_weights, opts)?;
+    match student.device() {
+        Device::Cpu => {
+            let mut lse_teacher = Tensor::zeros(&[rows], student.dtype(), Device::Cpu);
+            let mut lse_student = Tensor::zeros(&[rows], student.dtype(), Device::Cpu);
+            let x = KlInputs {
+                teacher: teacher.f32s(OP, "teacher")?,
+                student: student.f32s(OP, "student")?,
+                weight: weight.f32s(OP, "weight")?,
+                dim,
+                row_weights,
+            };
+            let loss = cpu::linear_kl::forward(
+                &x,
+                tiling,
+                lse_teacher.f32s_mut(OP, "lse_teacher")?,
+                lse_student.f32s_mut(OP, "lse_student")?,
+            );
+            Ok(LinearKlOut {
+                loss: loss as f32,
+                lse_teacher,
+                lse_student,
+            })
+        }
+    }
+}
+
+/// Returns d(dloss·loss)/d student; adds the head's gradient (student side
+/// only) into `dweight` when given. The lse tensors are forward's.
+pub fn backward(
+    dloss: f32,
+    teacher: &Tensor,
+    student: &Tensor,
+    weight: &Tensor,
+    row_weights: Option<&[f32]>,
+    lse_teacher: &Tensor,
+    lse_student: &Tensor,
+    dweight: Option<&mut Tensor>,
+    opts: &LinearKlOptions,
+) -> Result<Tensor> {
+    let (rows, dim, tiling) = validate(teacher, student, weight, row_weights, opts)?;
+    lse_teacher.expect_shape(OP, "lse_teacher", &[rows])?;
+    lse_student.expect_shape(OP, "lse_student", &[rows])?;
+    crate::ops::same_device(OP, &[student, lse_teacher, lse_student])?;
+    if let Some(dw) = &dweight {
+        dw.expect_shape(OP, "dweight", weight.shape())?;
+        crate::ops::same_device(OP, &[student, dw])?;
+    }
+    match student.device() {
+        Device::Cpu => {
+            let mut ds = Tensor::zeros(student.shape(), student.dtype(), Device::Cpu);
+            let dw = match dweight {
+                Some(t) => Some(t.f32s_mut(OP, "dweight")?),
+                None => None,
+            };
+            let x = KlInputs {
+                teacher: teacher.f32s(OP, "teacher")?,
+                student: student.f32s(OP, "student")?,
+                weight: weight.f32s(OP, "weight")?,
+                dim,
+                row_weights,
+            };
+            cpu::linear_kl::backward(
+                &x,
+                tiling,
+                dloss,
+                lse_teacher.f32s(OP, "lse_teacher")?,
+                lse_student.f32s(OP, "lse_student")?,
+                ds.f32s_mut(OP, "dstudent")?,
+                dw,
+            );
+            Ok(ds)
+        }
+    }
+}
+
+/// Bytes of working memory forward/backward allocate on `device` beyond their
+/// outputs, for `rows` hidden rows of size `dim` and a vocabulary of `vocab`.
+pub fn workspace_bytes(
+    device: Device,
+    rows: usize,
+    dim: usize,
+    vocab: usize,
+    opts: &LinearKlOptions,
+) -> usize {
+    let tiling = Tiling {
+        rows: opts.row_chunk.max(1),
+        vocab: opts.vocab_tile.max(1),
+    };
+    match device {
+        Device::Cpu => cpu::linear_kl::workspace_bytes(rows, dim, vocab, tiling),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DType;
+
+    fn zeros(shape: &[usize]) -> Tensor {
+        Tensor::zeros(shape, DType::F32, Device::Cpu)
+    }
+
+    fn err(r: Result<impl std::fmt::Debug>) -> String {
+        r.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn rejects_bad_inputs() {
+        let (t, s, w) = (zeros(&[3, 4]), zeros(&[3, 4]), zeros(&[9, 4]));
+        let o = LinearKlOptions::default();
+        let e = err(forward(&zeros(&[3, 5]), &s, &w, None, &o));
+        assert!(
+            e.contains("linear_kl") && e.contains("teacher") && e.contains("[3, 4]"),
+            "{e}"
+        );
+        let e = err(forward(&t, &s, &zeros(&[9, 3]), None, &o));
+        assert!(e.contains("weight") && e.contains("[V >= 1, 4]"), "{e}");
+        let e = err(forward(&t, &s, &w, Some(&[1.0; 4]), &o));
+        assert!(e.contains("row_weights") && e.contains("3 entries"), "{e}");
+        let e = err(forward(&t, &s, &w, Some(&[1.0, f32::INFINITY, 0.0]), &o));
+        assert!(e.contains("position 1"), "{e}");
+        let z = LinearKlOptions { row_chunk: 0, ..o };
+        assert!(err(forward(&t, &s, &w, None, &z)).contains("row_chunk"));
+        let out = forward(&t, &s, &w, None, &o).unwrap();
+        let e = err(backward(
+            1.0,
+            &t,
+            &s,
+            &w,
+            None,
+            &zeros(&[2]),
+            &out.lse_student,
+            None,
+            &o,
+        ));
+        assert!(e.contains("lse_teacher"), "{e}");
+        let mut dw = zeros(&[4, 9]);
+        let (lt, ls) = (&out.lse_teacher, &out.lse_student);
+        let e = err(backward(1.0, &t, &s, &w, None, lt, ls, Some(&mut dw), &o));
+        assert!(e.contains("dweight"), "{e}");
+    }
+
+    #[test]
+    fn zero_head_gives_zero_loss_and_keeps_shape() {
+        // Both distributions uniform: KL 0, gradient 0, student's shape kept.
+        let (t, s, w) = (zeros(&[2, 3, 4]), zeros(&[2, 3, 4]), zeros(&[9, 4]));
+        let o = LinearKlOptions {
+            row_chunk: 2,
+            vocab_tile: 4,
+        };
+        let out = forward(&t, &s, &w, None, &o).unwrap();
+        assert_eq!(out.loss, 0.0);
+        assert!((out.lse_teacher.to_vec_f32()[5] - 9f32.ln()).abs() < 1e-6);
+        let mut dw = zeros(&[9, 4]);
+        let (lt, ls) = (&out.lse_teacher, &out.lse_student);
+        let ds = backward(1.0, &t, &s, &w, None, lt, ls, Some(&mut dw), &o).unwrap();
+        assert_eq!(ds.shape(), &[2, 3, 4]);
+        assert!(ds.to_vec_f32().iter().all(|&g| g == 0.0));
+    }
+}
