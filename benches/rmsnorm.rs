@@ -21,7 +21,9 @@ fn bench(c: &mut Criterion) {
             b.iter(|| rmsnorm::forward(&x, &w, 1e-5).unwrap())
         });
         let out = rmsnorm::forward(&x, &w, 1e-5).unwrap();
-        g.throughput(Throughput::Bytes((4 * (3 * rows * dim + dim + rows)) as u64));
+        g.throughput(Throughput::Bytes(
+            (4 * (3 * rows * dim + dim + rows)) as u64,
+        ));
         g.bench_function(BenchmarkId::new("backward", &id), |b| {
             b.iter(|| rmsnorm::backward(&dy, &x, &w, &out.rstd, None).unwrap())
         });

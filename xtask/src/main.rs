@@ -154,9 +154,10 @@ fn validate(ptxas: &Path, ptx: &Path) -> Result<()> {
             .with_context(|| format!("running {}", ptxas.display()))?;
         let report = String::from_utf8_lossy(&out.stderr);
         println!("== {} on {arch}", ptx.display());
-        for l in report.lines().filter(|l| {
-            l.contains("registers") || l.contains("spill") || l.contains("Compiling")
-        }) {
+        for l in report
+            .lines()
+            .filter(|l| l.contains("registers") || l.contains("spill") || l.contains("Compiling"))
+        {
             println!("  {}", l.trim_start_matches("ptxas info    : "));
         }
         if !out.status.success() {

@@ -1,1 +1,34 @@
-fn main() {}
+//! The `llm2comp` command line. Library crates return typed errors; this edge
+//! turns them into `anyhow` messages with context for the user.
+
+mod selftest;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Turn a decoder-only LLM into a text-embedding model with LLM2Comp.
+#[derive(Debug, Parser)]
+#[command(name = "llm2comp", version, about)]
+struct Cli {
+    /// Worker threads for CPU ops (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Train one transformer block built from the tensor core's ops on a fixed
+    /// batch: checks that every op's forward and backward compose (the loss
+    /// must fall) and times each op family.
+    Selftest(selftest::Args),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let threads = llm2comp_tensor::pool::init(cli.threads);
+    match cli.command {
+        Command::Selftest(args) => selftest::run(&args, threads),
+    }
+}
