@@ -54,7 +54,7 @@ def main():
             f"| {t_ours * 1e3:.2f} | {t_torch * 1e3:.2f} | {t_torch / t_ours:.2f}× |"
         )
     peak = torch.get("linear_xent_peak_bytes")
-    if peak is not None:
+    if peak:
         print(f"\nFused CE peak memory: PyTorch eager {peak / 2**20:.0f} MiB (peak RSS growth)", end="")
         if "linear_xent_peak_bytes" in extra:
             ours_peak = extra["linear_xent_peak_bytes"]
