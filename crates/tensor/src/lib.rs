@@ -9,6 +9,7 @@ pub mod cpu;
 mod device;
 mod dtype;
 mod error;
+pub mod fast_exp;
 pub mod ops;
 pub mod pool;
 mod real;

@@ -25,6 +25,10 @@ pub trait Real:
     fn of(x: f64) -> Self;
     /// Widens to f64.
     fn f64(self) -> f64;
+    /// xs[i] = e^(xs[i] − m), returning the sum: the softmax inner loop.
+    /// f32 uses the vectorised `fast_exp` (≤ 2 ulp); f64, which only the
+    /// gradient checks run, uses libm.
+    fn exp_sub_sum(xs: &mut [Self], m: Self) -> Self;
 }
 
 impl Real for f32 {
@@ -36,6 +40,9 @@ impl Real for f32 {
     fn f64(self) -> f64 {
         self as f64
     }
+    fn exp_sub_sum(xs: &mut [Self], m: Self) -> Self {
+        crate::fast_exp::exp_sub_sum_f32(xs, m)
+    }
 }
 
 impl Real for f64 {
@@ -46,5 +53,13 @@ impl Real for f64 {
     #[inline(always)]
     fn f64(self) -> f64 {
         self
+    }
+    fn exp_sub_sum(xs: &mut [Self], m: Self) -> Self {
+        xs.iter_mut()
+            .map(|x| {
+                *x = (*x - m).exp();
+                *x
+            })
+            .sum()
     }
 }

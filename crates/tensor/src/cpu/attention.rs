@@ -325,11 +325,7 @@ fn forward_tile<T: Real>(
                 continue;
             }
             let corr = (m[r] - m_new).exp();
-            let mut sum = T::zero();
-            for p in row.iter_mut() {
-                *p = (*p - m_new).exp();
-                sum += *p;
-            }
+            let sum = T::exp_sub_sum(row, m_new);
             l[r] = l[r] * corr + sum;
             m[r] = m_new;
             if corr != T::one() {
@@ -414,7 +410,7 @@ impl<T: Real> Grads<'_, T> {
         let lse = &self.lse[h * self.tokens..];
         for (r, row) in ws.s.chunks_mut(BC).take(br).enumerate() {
             let l = lse[qb.start + r];
-            row[..bc].iter_mut().for_each(|s| *s = (*s - l).exp());
+            T::exp_sub_sum(&mut row[..bc], l);
         }
         let dout = Views::rows(self.dout, hq, d, h, qb.start, br);
         if let Some(dv) = dv {

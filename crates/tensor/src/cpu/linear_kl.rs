@@ -156,14 +156,14 @@ fn forward_chunk<T: Real>(
         tile_logits(&ht, x.weight, dim, tile.clone(), zt, threads);
         tile_logits(&hs, x.weight, dim, tile.clone(), zs, threads);
         zt.par_chunks(tile.len())
-            .zip(zs.par_chunks(tile.len()))
+            .zip(zs.par_chunks_mut(tile.len()))
             .zip(state.par_iter_mut())
             .with_min_len(ROWS_PER_TASK)
             .for_each(|((zt, zs), st)| {
                 st.cross *= st.teacher.rebase(zt);
                 let m = st.teacher.max;
                 let (mut sum, mut cross) = (0.0, 0.0);
-                for (&a, &b) in zt.iter().zip(zs) {
+                for (&a, &b) in zt.iter().zip(zs.iter()) {
                     let e = (a - m).exp();
                     sum += e.f64();
                     cross += (e * (a - b)).f64();
@@ -253,13 +253,15 @@ fn backward_chunk<T: Real>(
         tile_logits(&hs, x.weight, dim, tile.clone(), zs, threads);
         // The student's logits become G = c·dloss·(p_s − p_t) in place.
         zs.par_chunks_mut(tile.len())
-            .zip(zt.par_chunks(tile.len()))
+            .zip(zt.par_chunks_mut(tile.len()))
             .zip(rows.par_iter().zip(coef))
             .with_min_len(ROWS_PER_TASK)
             .for_each(|((zs, zt), (&r, &c))| {
                 let (lt, ls, c) = (lse_t[r], lse_s[r], c * dloss);
-                for (s, &t) in zs.iter_mut().zip(zt) {
-                    *s = c * ((*s - ls).exp() - (t - lt).exp());
+                T::exp_sub_sum(zs, ls);
+                T::exp_sub_sum(zt, lt);
+                for (s, &t) in zs.iter_mut().zip(zt.iter()) {
+                    *s = c * (*s - t);
                 }
             });
         tile_grads(

@@ -338,11 +338,10 @@ impl<T: Real> OnlineLse<T> {
         scale
     }
 
-    /// Folds a tile of logits in.
-    pub fn push(&mut self, tile: &[T]) {
+    /// Folds a tile of logits in, leaving e^(z − max) in its place.
+    pub fn push(&mut self, tile: &mut [T]) {
         self.rebase(tile);
-        let m = self.max;
-        self.sum += tile.iter().map(|&z| (z - m).exp().f64()).sum::<f64>();
+        self.sum += T::exp_sub_sum(tile, self.max).f64();
     }
 
     /// log Σ exp(z) over everything pushed.
@@ -399,16 +398,16 @@ fn forward_chunk<T: Real>(
         let tile = t0..(t0 + tiling.vocab).min(v);
         let z = &mut z[..rows.len() * tile.len()];
         tile_logits(&hc, x.weight, dim, tile.clone(), z, threads);
-        z.par_chunks(tile.len())
+        z.par_chunks_mut(tile.len())
             .zip(state.par_iter_mut())
             .zip(rows.par_iter())
             .with_min_len(ROWS_PER_TASK)
             .for_each(|((zr, (acc, picked)), &r)| {
-                acc.push(zr);
                 let t = x.targets[r] as usize;
                 if tile.contains(&t) {
                     *picked = zr[t - tile.start];
                 }
+                acc.push(zr);
             });
     }
     let mut loss = 0.0;
@@ -499,7 +498,8 @@ fn backward_chunk<T: Real>(
             .with_min_len(ROWS_PER_TASK)
             .for_each(|(zr, (&r, &c))| {
                 let (l, c) = (lse[r], c * dloss);
-                zr.iter_mut().for_each(|z| *z = c * (*z - l).exp());
+                T::exp_sub_sum(zr, l);
+                zr.iter_mut().for_each(|z| *z *= c);
                 let t = x.targets[r] as usize;
                 if tile.contains(&t) {
                     zr[t - tile.start] -= c;
@@ -598,13 +598,7 @@ fn forward_backward_chunk<T: Real>(
                     let s = T::of(scale);
                     ar.iter_mut().for_each(|a| *a *= s);
                 }
-                let m = run.max;
-                let mut sum = 0.0;
-                for z in zr.iter_mut() {
-                    *z = (*z - m).exp();
-                    sum += z.f64();
-                }
-                run.sum += sum;
+                run.sum += T::exp_sub_sum(zr, run.max).f64();
             });
         tile_grads(z, &hc, x.weight, dim, tile, &mut acc, false, None, threads);
     }
