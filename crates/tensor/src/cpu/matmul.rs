@@ -66,6 +66,20 @@ pub fn gemm_into<T: Real>(
     beta: T,
     threads: usize,
 ) {
+    gemm_scaled_into(a, b, dst, dst_rs, beta, T::one(), threads)
+}
+
+/// dst = beta·dst + alpha·a·b: [`gemm_into`] with the product scaled inside
+/// the kernel, which saves callers a pass over dst (attention's softmax scale).
+pub fn gemm_scaled_into<T: Real>(
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    dst: &mut [T],
+    dst_rs: usize,
+    beta: T,
+    alpha: T,
+    threads: usize,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "gemm_into: inner dimensions {k} vs {}", b.rows);
     if m == 0 || n == 0 {
@@ -112,7 +126,7 @@ pub fn gemm_into<T: Real>(
             b.cs as isize,
             b.rs as isize,
             beta,
-            T::one(),
+            alpha,
             false,
             false,
             false,
