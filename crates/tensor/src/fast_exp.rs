@@ -24,14 +24,14 @@ pub fn exp_f32(x: f32) -> f32 {
     // Adding 1.5·2²³ rounds any |v| < 2²² to the nearest integer n, which
     // then sits in the low mantissa bits: bits(t) = bits(ROUND) + n.
     const ROUND: f32 = 12_582_912.0;
-    let xc = x.max(LO).min(HI);
+    let xc = x.clamp(LO, HI);
     let t = xc * LOG2E + ROUND;
     let n = t - ROUND;
     let r = (xc - n * LN2_HI) - n * LN2_LO;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1;
+        + 0.5;
     let e = p * (r * r) + r + 1.0;
     // 2ⁿ as 2ⁿ⁻¹·2 so n = 128 (x near HI) still has a finite exponent field.
     // Integer ops on the bits (not a float-to-int cast) keep the loop SIMD.

@@ -717,7 +717,7 @@ mod tests {
         // The long sequence spans several query blocks and two key blocks;
         // GQA 4:2; dropout on in the last case.
         let long = BC + BR / 2 + 7;
-        assert!(long > BC && long > 2 * BR);
+        assert!(long > BC.max(2 * BR));
         let lens = cu_of(&[3, long, 1]);
         let cases = [
             (4, 2, 3, true, false),
