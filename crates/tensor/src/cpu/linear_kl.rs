@@ -21,8 +21,8 @@ use rayon::prelude::*;
 
 use crate::Real;
 use crate::cpu::linear_xent::{
-    Active, OnlineLse, SCHEDULE, Schedule, Tiling, gather, run_chunks, scatter, split_spans,
-    tile_grads, tile_logits, workspace_bytes_for,
+    Active, OnlineLse, Tiling, gather, run_chunks, scatter, split_spans, tile_grads, tile_logits,
+    workspace_bytes_for,
 };
 
 /// Rows below which the arithmetic of a tile stays on one thread.
@@ -103,7 +103,7 @@ pub fn forward<T: Real>(
         .into_iter()
         .zip(split_spans(lse_student, 1, &spans));
     let jobs: Vec<_> = chunks.into_iter().zip(outs).collect();
-    run_chunks(SCHEDULE, jobs, |((pos, span), (lt, ls)), threads| {
+    run_chunks(jobs, |((pos, span), (lt, ls)), threads| {
         let rows = &active.rows[pos.clone()];
         forward_chunk(
             x,
@@ -207,8 +207,7 @@ pub fn backward<T: Real>(
     let chunks = active.chunks(tiling.rows);
     let spans: Vec<_> = chunks.iter().map(|c| c.1.clone()).collect();
     let lse = (lse_teacher, lse_student);
-    // Serial schedule only (see linear_xent): dW accumulates without races.
-    debug_assert_eq!(SCHEDULE, Schedule::Serial);
+    // Chunks in order, as in linear_xent: dW accumulates without races.
     let threads = crate::pool::num_threads();
     for ((pos, span), out) in chunks.into_iter().zip(split_spans(dstudent, dim, &spans)) {
         let rows = &active.rows[pos.clone()];

@@ -16,15 +16,12 @@
 //! before any GEMM: only active rows are gathered into the chunk buffer, so
 //! prompt tokens under the ignore index cost nothing.
 //!
-//! Schedule: chunks run one after another and each GEMM uses the whole pool
-//! (the softmax arithmetic is split over rows with rayon as well), rather
-//! than chunks in parallel with single-threaded GEMMs. At N = 2048, H = 576,
-//! V = 49152 on the 2-core build machine (f32, best of 3 interleaved runs,
-//! two sessions) the two tie within the machine's noise: forward 2.53 s vs
-//! 2.48 s, backward without dW 3.66 s vs 3.47 s (`tests::schedule_timing`).
-//! The serial schedule wins on everything else: one chunk's workspace instead
-//! of one per thread, and a race-free dW accumulation without per-thread
-//! partial copies of the weight tile (backward with dW: 7.3 s).
+//! Schedule: chunks run one after another and each GEMM (and the softmax
+//! arithmetic, split over rows) uses the whole pool. Running chunks in
+//! parallel with single-threaded GEMMs measured the same on the 2-core build
+//! machine (N = 2048, H = 576, V = 49152: forward 2.53 s vs 2.48 s, backward
+//! 3.66 s vs 3.47 s, one-off timings) but would hold one chunk's workspace
+//! per thread and need per-thread copies of dW, so it was dropped.
 
 use std::ops::Range;
 
@@ -61,20 +58,6 @@ impl Default for Tiling {
     }
 }
 
-/// How chunks are spread over the cores. `Serial` ships; `Parallel` is kept
-/// for the timing comparison in the tests (it cannot accumulate dW).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Schedule {
-    /// Chunks one after another, GEMMs and row arithmetic parallel.
-    Serial,
-    /// Chunks in parallel, each GEMM single-threaded.
-    #[cfg_attr(not(test), allow(dead_code))]
-    Parallel,
-}
-
-/// What the shipping kernels use (see the file comment).
-pub(crate) const SCHEDULE: Schedule = Schedule::Serial;
-
 /// Bytes of working memory the CPU kernels allocate for `n` rows, hidden size
 /// `dim` and vocabulary `vocab`, beyond their outputs (the larger of forward
 /// and backward), for elements of `elem` bytes. `logit_tiles` / `row_bufs`
@@ -90,10 +73,6 @@ pub(crate) fn workspace_bytes_for(
 ) -> usize {
     let r = tiling.rows.min(n);
     let vt = tiling.vocab.min(vocab);
-    let tasks = match SCHEDULE {
-        Schedule::Serial => 1,
-        Schedule::Parallel => crate::pool::num_threads(),
-    };
     // Per chunk: the logit tiles, gathered / gradient rows, per-row state, and
     // the GEMM's packed copies of its operands, at most a logit tile (G, the
     // left operand of dh += G·W) plus a weight tile.
@@ -101,7 +80,7 @@ pub(crate) fn workspace_bytes_for(
         (logit_tiles * r * vt + row_bufs * r * dim) * elem + r * 4 * 8 + (r * vt + vt * dim) * elem;
     // Shared: the active row list, its coefficients and the chunk table.
     let shared = n * (std::mem::size_of::<usize>() + elem) + n.div_ceil(r.max(1)) * 64;
-    tasks * chunk + shared
+    chunk + shared
 }
 
 /// Working memory of [`forward`] + [`backward`] for f32: O(R·Vt + R·H + Vt·H)
@@ -215,21 +194,11 @@ pub(crate) fn split_spans<'a, T>(
     parts
 }
 
-/// Runs `f(job, gemm_threads)` for every chunk under `schedule`; returns the
-/// per-chunk results summed in chunk order (deterministic).
-pub(crate) fn run_chunks<J: Send>(
-    schedule: Schedule,
-    jobs: Vec<J>,
-    f: impl Fn(J, usize) -> f64 + Sync,
-) -> f64 {
-    let parts: Vec<f64> = match schedule {
-        Schedule::Serial => {
-            let threads = crate::pool::num_threads();
-            jobs.into_iter().map(|j| f(j, threads)).collect()
-        }
-        Schedule::Parallel => jobs.into_par_iter().map(|j| f(j, 1)).collect(),
-    };
-    parts.iter().sum()
+/// Runs `f(job, gemm_threads)` for every chunk in order, each with the whole
+/// pool; returns the per-chunk results summed in chunk order (deterministic).
+pub(crate) fn run_chunks<J>(jobs: Vec<J>, f: impl Fn(J, usize) -> f64) -> f64 {
+    let threads = crate::pool::num_threads();
+    jobs.into_iter().map(|j| f(j, threads)).sum()
 }
 
 /// Copies the listed rows of `x` ([.., dim]) into a dense [rows.len(), dim] buffer.
@@ -353,15 +322,6 @@ impl<T: Real> OnlineLse<T> {
 /// Pass 1: writes the per-row log-sum-exp into `lse` [N] (0 for rows that do
 /// not contribute) and returns the loss Σ c_r·(lse_r − z_r,target).
 pub fn forward<T: Real>(x: &XentInputs<'_, T>, tiling: Tiling, lse: &mut [T]) -> f64 {
-    forward_with(x, tiling, lse, SCHEDULE)
-}
-
-pub(crate) fn forward_with<T: Real>(
-    x: &XentInputs<'_, T>,
-    tiling: Tiling,
-    lse: &mut [T],
-    schedule: Schedule,
-) -> f64 {
     x.check();
     assert!(tiling.rows > 0 && tiling.vocab > 0, "linear_xent: tiling");
     assert_eq!(lse.len(), x.targets.len(), "linear_xent: lse");
@@ -373,7 +333,7 @@ pub(crate) fn forward_with<T: Real>(
         .into_iter()
         .zip(split_spans(lse, 1, &spans))
         .collect();
-    run_chunks(schedule, jobs, |((pos, span), out), threads| {
+    run_chunks(jobs, |((pos, span), out), threads| {
         let rows = &active.rows[pos.clone()];
         let coef = &active.coef[pos];
         forward_chunk(x, tiling, rows, coef, out, span.start, threads)
@@ -426,19 +386,7 @@ pub fn backward<T: Real>(
     dloss: T,
     lse: &[T],
     dh: &mut [T],
-    dw: Option<&mut [T]>,
-) {
-    backward_with(x, tiling, dloss, lse, dh, dw, SCHEDULE)
-}
-
-pub(crate) fn backward_with<T: Real>(
-    x: &XentInputs<'_, T>,
-    tiling: Tiling,
-    dloss: T,
-    lse: &[T],
-    dh: &mut [T],
     mut dw: Option<&mut [T]>,
-    schedule: Schedule,
 ) {
     x.check();
     assert!(tiling.rows > 0 && tiling.vocab > 0, "linear_xent: tiling");
@@ -461,17 +409,8 @@ pub(crate) fn backward_with<T: Real>(
         let dhc = backward_chunk(x, tiling, rows, coef, dloss, lse, dw, threads);
         scatter(&dhc, dim, rows, out, span.start);
     };
-    match schedule {
-        Schedule::Serial => {
-            let threads = crate::pool::num_threads();
-            jobs.for_each(|j| chunk(j, dw.as_deref_mut(), threads));
-        }
-        Schedule::Parallel => {
-            assert!(dw.is_none(), "linear_xent: parallel chunks cannot add dW");
-            let jobs: Vec<_> = jobs.collect();
-            jobs.into_par_iter().for_each(|j| chunk(j, None, 1));
-        }
-    }
+    let threads = crate::pool::num_threads();
+    jobs.for_each(|j| chunk(j, dw.as_deref_mut(), threads));
 }
 
 fn backward_chunk<T: Real>(
@@ -844,21 +783,6 @@ mod tests {
     }
 
     #[test]
-    fn parallel_schedule_agrees_with_serial() {
-        let c = Case::new(9, 30, 8, 103, 4, false);
-        let x = c.inputs(&c.h, &c.w);
-        let (mut l1, mut l2) = (vec![0.0; 30], vec![0.0; 30]);
-        let a = forward_with(&x, SMALL, &mut l1, Schedule::Serial);
-        let b = forward_with(&x, SMALL, &mut l2, Schedule::Parallel);
-        assert_eq!(a, b);
-        assert_eq!(l1, l2);
-        let (mut d1, mut d2) = (vec![f64::NAN; c.h.len()], vec![f64::NAN; c.h.len()]);
-        backward_with(&x, SMALL, 1.0, &l1, &mut d1, None, Schedule::Serial);
-        backward_with(&x, SMALL, 1.0, &l1, &mut d2, None, Schedule::Parallel);
-        assert_close("parallel dh", &d2, &d1, 1e-14);
-    }
-
-    #[test]
     fn all_ignored_gives_zero_loss_and_gradients() {
         let mut c = Case::new(10, 6, 4, 20, 0, false);
         c.targets.iter_mut().for_each(|t| *t = IGNORE_INDEX);
@@ -970,56 +894,5 @@ mod tests {
         let mut c = Case::new(12, 4, 3, 103, 0, false);
         c.targets[2] = 103;
         run(&c, &c.h, &c.w, SMALL);
-    }
-
-    /// Timing of the two schedules at the production shape, for the file
-    /// comment's claim (interleaved repetitions, minimum of each, since the
-    /// build machine is shared). `LINEAR_XENT_V` shrinks the vocabulary.
-    /// `cargo test -p llm2comp-tensor --lib linear_xent::tests::schedule_timing -- --ignored --nocapture`
-    #[test]
-    #[ignore = "timing, minutes"]
-    fn schedule_timing() {
-        let v: usize = std::env::var("LINEAR_XENT_V").map_or(49152, |s| s.parse().unwrap());
-        let (n, dim) = (2048, 576);
-        let mut r = rng(13);
-        let h: Vec<f32> = uniform(&mut r, n * dim, 1.0);
-        let w: Vec<f32> = uniform(&mut r, v * dim, 0.05);
-        let targets: Vec<i64> = (0..n).map(|i| ((i * 7919) % v) as i64).collect();
-        let x = XentInputs {
-            hidden: &h,
-            weight: &w,
-            dim,
-            targets: &targets,
-            row_weights: None,
-            ignore_index: IGNORE_INDEX,
-        };
-        let mut lse = vec![0.0f32; n];
-        let mut dh = vec![0.0f32; n * dim];
-        let mut best = [[f64::INFINITY; 2]; 2];
-        for rep in 0..6 {
-            let (i, s) = [(0, Schedule::Serial), (1, Schedule::Parallel)][rep % 2];
-            let t = std::time::Instant::now();
-            forward_with(&x, Tiling::default(), &mut lse, s);
-            best[i][0] = best[i][0].min(t.elapsed().as_secs_f64());
-            let t = std::time::Instant::now();
-            backward_with(&x, Tiling::default(), 1.0, &lse, &mut dh, None, s);
-            best[i][1] = best[i][1].min(t.elapsed().as_secs_f64());
-        }
-        println!(
-            "V={v}: serial fwd {:.3}s bwd {:.3}s; parallel fwd {:.3}s bwd {:.3}s",
-            best[0][0], best[0][1], best[1][0], best[1][1]
-        );
-        let mut dw = vec![0.0f32; v * dim];
-        let t = std::time::Instant::now();
-        backward_with(
-            &x,
-            Tiling::default(),
-            1.0,
-            &lse,
-            &mut dh,
-            Some(&mut dw),
-            Schedule::Serial,
-        );
-        println!("serial backward with dW {:?}", t.elapsed());
     }
 }
