@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Measures every figure of docs/benchmarks.md in one run: the criterion benches
 # of llm2comp and the same operations in PyTorch (CPU, f32, same threads), then
-# prints the comparison table. Run on an otherwise idle machine.
+# prints the comparison table. Each op group is measured on both sides back to
+# back (llm2comp, then PyTorch) so that a slow spell of a shared machine hits
+# both halves of a ratio alike. Run on an otherwise idle machine.
 #
 #   PYTHON=/path/to/venv/bin/python scripts/bench-cpu.sh [THREADS]
 set -euo pipefail
@@ -15,9 +17,13 @@ mkdir -p "$out"
   exit 1
 }
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), threads=$threads"
+echo "rustc: $(rustc --version); torch: $("$py" -c 'import torch; print(torch.__version__)')"
 export RAYON_NUM_THREADS=$threads
-rm -rf target/criterion
-cargo bench -p llm2comp-benches 2>&1 | grep -E "^[a-z_]+/|time:|thrpt:" | tee "$out/criterion.txt"
-"$py" scripts/bench_torch.py --threads "$threads" > "$out/torch.json"
+rm -rf target/criterion "$out"/torch-*.json
+cargo bench -p llm2comp-benches --no-run 2>&1 | tail -1
+for group in matmul rmsnorm attention linear_xent; do
+  cargo bench -q -p llm2comp-benches --bench "$group" 2>&1 | grep -E "^[a-z_]+/|time:|thrpt:" | tee -a "$out/criterion.txt"
+  "$py" scripts/bench_torch.py --threads "$threads" --only "$group" > "$out/torch-$group.json"
+done
 cargo run --release -q -p llm2comp-benches --bin fused-ce-peak > "$out/ours-peak.json"
-"$py" scripts/bench_compare.py "$out/torch.json" target/criterion --extra "$out/ours-peak.json" | tee "$out/table.md"
+"$py" scripts/bench_compare.py "$out"/torch-*.json --criterion target/criterion --extra "$out/ours-peak.json" | tee "$out/table.md"

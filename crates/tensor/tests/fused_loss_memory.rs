@@ -97,8 +97,9 @@ fn opts() -> (LinearXentOptions, LinearKlOptions) {
 }
 
 /// Peak heap growth minus outputs for CE and for KL forward + backward (with a
-/// trained head, so dW is accumulated into a caller-owned buffer).
-fn measure(v: usize) -> (usize, usize) {
+/// trained head, so dW is accumulated into a caller-owned buffer), and for the
+/// one-sweep CE `forward_backward` (frozen head).
+fn measure(v: usize) -> (usize, usize, usize) {
     let (xo, ko) = opts();
     let mut r = rng(v as u64);
     let t = |data: Vec<f32>, shape: &[usize]| Tensor::from_vec(data, shape).unwrap();
@@ -130,6 +131,16 @@ fn measure(v: usize) -> (usize, usize) {
     let xent = xent_peak - fwd.lse.size_in_bytes() - dh.size_in_bytes();
     drop((fwd, dh));
 
+    let ((fwd, dh), one_pass_peak) =
+        peak_during(|| linear_xent::forward_backward(&h, &w, &targets, None, &xo).unwrap());
+    assert!(
+        fwd.loss.is_finite() && fwd.loss > 0.0,
+        "one-pass loss {}",
+        fwd.loss
+    );
+    let one_pass = one_pass_peak - fwd.lse.size_in_bytes() - dh.size_in_bytes();
+    drop((fwd, dh));
+
     let ((fwd, ds), kl_peak) = peak_during(|| {
         let fwd = linear_kl::forward(&h, &hs, &w, None, &ko).unwrap();
         let (lt, ls) = (&fwd.lse_teacher, &fwd.lse_student);
@@ -143,7 +154,7 @@ fn measure(v: usize) -> (usize, usize) {
     );
     let outputs =
         fwd.lse_teacher.size_in_bytes() + fwd.lse_student.size_in_bytes() + ds.size_in_bytes();
-    (xent, kl_peak - outputs)
+    (xent, kl_peak - outputs, one_pass)
 }
 
 fn warm_up() {
@@ -165,14 +176,18 @@ fn fused_losses_never_hold_the_logits() {
     warm_up();
     let (xo, ko) = opts();
     let logits = N * V * 4;
-    let (xent, kl) = measure(V);
+    let (xent, kl, one_pass) = measure(V);
     let xent_ws = linear_xent::workspace_bytes(Device::Cpu, N, H, V, &xo);
     let kl_ws = linear_kl::workspace_bytes(Device::Cpu, N, H, V, &ko);
     println!(
-        "V={V}: xent extra {xent} B (workspace_bytes {xent_ws}), kl extra {kl} B \
-         (workspace_bytes {kl_ws}); full logits would be {logits} B"
+        "V={V}: xent extra {xent} B (workspace_bytes {xent_ws}), one-pass xent extra \
+         {one_pass} B, kl extra {kl} B (workspace_bytes {kl_ws}); full logits would be {logits} B"
     );
-    for (what, got, ws) in [("xent", xent, xent_ws), ("kl", kl, kl_ws)] {
+    for (what, got, ws) in [
+        ("xent", xent, xent_ws),
+        ("xent forward_backward", one_pass, xent_ws),
+        ("kl", kl, kl_ws),
+    ] {
         assert!(
             got <= ws + SLACK && ws < logits / 20,
             "{what}: peak heap growth beyond outputs {got} B > workspace_bytes {ws} B + {SLACK} B, \
@@ -181,9 +196,16 @@ fn fused_losses_never_hold_the_logits() {
     }
 
     // Doubling the vocabulary must not raise the peak: the tile, not V, sets it.
-    let (xent2, kl2) = measure(2 * V);
-    println!("V={}: xent extra {xent2} B, kl extra {kl2} B", 2 * V);
+    let (xent2, kl2, one_pass2) = measure(2 * V);
+    println!(
+        "V={}: xent extra {xent2} B, one-pass xent extra {one_pass2} B, kl extra {kl2} B",
+        2 * V
+    );
     let allowance = 64 << 10;
+    assert!(
+        one_pass2 <= one_pass + allowance,
+        "doubling V raised the one-pass peak: {one_pass} -> {one_pass2} B"
+    );
     assert!(
         xent2 <= xent + allowance && kl2 <= kl + allowance,
         "doubling V raised the peak beyond the outputs: xent {xent} -> {xent2} B, kl {kl} -> {kl2} B \
