@@ -11,13 +11,13 @@ static CONFIGURED: OnceLock<usize> = OnceLock::new();
 /// return the size already in force.
 pub fn init(threads: Option<usize>) -> usize {
     *CONFIGURED.get_or_init(|| {
-        let n = threads
-            .filter(|&n| n > 0)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let mut builder = rayon::ThreadPoolBuilder::new();
+        // Without an explicit count rayon reads RAYON_NUM_THREADS, else the core count.
+        if let Some(n) = threads.filter(|&n| n > 0) {
+            builder = builder.num_threads(n);
+        }
         // Fails only if something built the global pool already; its size is then the truth.
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global();
+        let _ = builder.build_global();
         rayon::current_num_threads()
     })
 }
