@@ -16,8 +16,15 @@ def rows(path):
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) != 8 or not cells[-1].endswith("×"):
             continue
-        op, shape, _, _, unit, ours_ms, torch_ms, ratio = cells
-        out[(op, shape)] = (unit, float(ours_ms), float(torch_ms), float(ratio.rstrip("×")))
+        op, shape, ours_rate, torch_rate, unit, ours_ms, torch_ms, ratio = cells
+        out[(op, shape)] = (
+            unit,
+            float(ours_ms),
+            float(torch_ms),
+            float(ratio.rstrip("×")),
+            float(ours_rate),
+            float(torch_rate),
+        )
     return out
 
 
@@ -26,15 +33,24 @@ def main():
     if not runs:
         sys.exit(__doc__)
     keys = [k for k in runs[0] if all(k in r for r in runs)]
-    print(f"{len(runs)} runs. Times in ms are medians over the runs; ratio = PyTorch time / llm2comp time.\n")
-    print("| op | shape | llm2comp ms | PyTorch ms | ratio (median) | ratio (min–max) |")
-    print("|---|---|---|---|---|---|")
+    print(
+        f"{len(runs)} runs. Rates and times are medians over the runs; "
+        "ratio = PyTorch time / llm2comp time, per run.\n"
+    )
+    print(
+        "| op | shape | llm2comp | PyTorch | unit | llm2comp ms | PyTorch ms "
+        "| ratio (median) | ratio (min–max) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for k in keys:
         ours = statistics.median(r[k][1] for r in runs)
         torch = statistics.median(r[k][2] for r in runs)
         ratios = [r[k][3] for r in runs]
+        rate_ours = statistics.median(r[k][4] for r in runs)
+        rate_torch = statistics.median(r[k][5] for r in runs)
         print(
-            f"| {k[0]} | {k[1]} | {ours:.2f} | {torch:.2f} | {statistics.median(ratios):.2f}× "
+            f"| {k[0]} | {k[1]} | {rate_ours:.1f} | {rate_torch:.1f} | {runs[0][k][0]} "
+            f"| {ours:.2f} | {torch:.2f} | {statistics.median(ratios):.2f}× "
             f"| {min(ratios):.2f}–{max(ratios):.2f}× |"
         )
 
