@@ -3,6 +3,16 @@
 
 mod selftest;
 
+/// `println!` that returns the write error instead of panicking, so output
+/// piped into a reader that stops early (`| head`) ends the run quietly.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)
+    }};
+}
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
@@ -28,7 +38,19 @@ enum Command {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let threads = llm2comp_tensor::pool::init(cli.threads);
-    match cli.command {
+    let result = match cli.command {
         Command::Selftest(args) => selftest::run(&args, threads),
+    };
+    match result {
+        Err(e) if broken_pipe(&e) => Ok(()),
+        other => other,
     }
+}
+
+/// Whether the error is stdout having been closed by its reader.
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

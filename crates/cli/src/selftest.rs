@@ -22,6 +22,8 @@ use llm2comp_tensor::ops::{
 };
 use llm2comp_tensor::{DType, Device, Tensor, testing};
 
+use crate::out;
+
 /// Options of `llm2comp selftest`.
 #[derive(Debug, ClapArgs)]
 pub struct Args {
@@ -330,7 +332,7 @@ fn check_gradients(
     attn: &AttentionOpts,
     grads: &[Tensor],
 ) -> Result<()> {
-    println!("gradient check: central difference along each gradient, f32, step {FD_STEP}");
+    out!("gradient check: central difference along each gradient, f32, step {FD_STEP}")?;
     let mut worst = 0f64;
     let mut tm = Timings::default();
     for i in 0..p.tensors.len() {
@@ -351,10 +353,10 @@ fn check_gradients(
         let fd = (plus as f64 - minus as f64) / (2.0 * FD_STEP as f64);
         let rel = (fd - norm).abs() / norm;
         worst = worst.max(rel);
-        println!(
+        out!(
             "  {:<6} |g| {norm:10.4e}  finite difference {fd:10.4e}  rel. gap {rel:8.2e}",
             p.names[i]
-        );
+        )?;
     }
     if worst > FD_TOL {
         bail!("gradient check failed: worst relative gap {worst:.3e} > {FD_TOL}");
@@ -375,7 +377,7 @@ pub fn run(args: &Args, threads: usize) -> Result<()> {
     ensure!(args.vocab >= 2, "--vocab must be at least 2");
     let b = batch(args);
     let mut p = Params::new(args.vocab, args.seed)?;
-    println!(
+    out!(
         "llm2comp selftest: one Llama block of SmolLM2-135M's shape (hidden {HIDDEN}, \
          {HEADS}/{KV_HEADS} heads x {HEAD_DIM}, MLP {MLP}, vocab {}), {} params, \
          {} x {} tokens packed, {threads} threads",
@@ -383,7 +385,7 @@ pub fn run(args: &Args, threads: usize) -> Result<()> {
         p.count(),
         args.sequences,
         args.seq_len
-    );
+    )?;
     let rope_table = RopeTable::new(
         &RopeConfig {
             head_dim: HEAD_DIM,
@@ -443,33 +445,36 @@ pub fn run(args: &Args, threads: usize) -> Result<()> {
             Ok(())
         })?;
         let took = t0.elapsed() - if t == 1 { checking } else { Default::default() };
-        println!(
+        out!(
             "step {t:>3}  loss {loss:8.4}  grad-norm {norm:8.4}  {:6.2} s",
             took.as_secs_f64()
-        );
+        )?;
         losses.push(loss);
     }
     let total: f64 = (start.elapsed() - checking).as_secs_f64();
-    println!(
+    out!(
         "\n{:<12} {:>12} {:>12} {:>7}",
-        "op family", "forward ms", "backward ms", "share"
-    );
+        "op family",
+        "forward ms",
+        "backward ms",
+        "share"
+    )?;
     for (family, [f, bwd]) in &tm.0 {
-        println!(
+        out!(
             "{family:<12} {:>12.1} {:>12.1} {:>6.1}%",
             f * 1e3 / args.steps as f64,
             bwd * 1e3 / args.steps as f64,
             100.0 * (f + bwd) / total
-        );
+        )?;
     }
-    println!("(milliseconds per step; share of {total:.2} s of training wall time)");
+    out!("(milliseconds per step; share of {total:.2} s of training wall time)")?;
     let (first, last) = (losses[0], *losses.last().expect("steps >= 2"));
     let initial = (args.vocab as f32).ln();
     if last < first {
-        println!(
+        out!(
             "\nok: gradients match finite differences and the loss fell from {first:.4} to \
              {last:.4} (ln V = {initial:.4})"
-        );
+        )?;
         Ok(())
     } else {
         bail!("the loss did not fall ({first:.4} -> {last:.4}): some forward or backward is wrong")

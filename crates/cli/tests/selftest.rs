@@ -66,3 +66,35 @@ fn selftest_rejects_an_invalid_dropout_with_the_op_named() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_reader_that_stops_early_ends_the_run_without_a_panic() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llm2comp"))
+        .args([
+            "selftest",
+            "--steps",
+            "3",
+            "--vocab",
+            "64",
+            "--seq-len",
+            "16",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the llm2comp binary starts");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("piped stdout"))
+        .read_line(&mut first)
+        .expect("one line");
+    // The reader (and with it the pipe) is gone now, as with `| head -1`.
+    let out = child.wait_with_output().expect("the run ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(first.starts_with("llm2comp selftest"), "{first}");
+    assert!(
+        out.status.success() && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}
