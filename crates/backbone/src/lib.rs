@@ -1,11 +1,13 @@
 //! llm2comp's backbone layer: what a decoder-only model is and how to load it.
 //!
 //! Today: the Hugging Face `config.json` of the supported architectures,
-//! validated into a [`ModelConfig`]. Weights (safetensors, GGUF), the
-//! tokenizer and the layers follow in the same crate.
+//! validated into a [`ModelConfig`], and memory-mapped safetensors weights
+//! ([`SafetensorsFiles`]). GGUF, the tokenizer and the layers follow.
 
 mod config;
 mod error;
+mod safetensors_files;
 
 pub use config::{Architecture, AttentionBias, ModelConfig};
 pub use error::{BackboneError, Result};
+pub use safetensors_files::SafetensorsFiles;
