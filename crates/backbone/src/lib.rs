@@ -6,8 +6,10 @@
 
 mod config;
 mod error;
+mod gguf;
 mod safetensors_files;
 
 pub use config::{Architecture, AttentionBias, ModelConfig};
 pub use error::{BackboneError, Result};
+pub use gguf::{GgufFile, GgufTensorInfo, GgufValue};
 pub use safetensors_files::SafetensorsFiles;

@@ -1,0 +1,347 @@
+//! The GGUF container (versions 2 and 3), memory-mapped: header, metadata,
+//! tensor infos and the aligned data section.
+//!
+//! Everything is bounds-checked while parsing, and every tensor's byte size
+//! (from its ggml type and dimensions) is checked against the file length at
+//! open, so a truncated or corrupt file fails at once with the file, the
+//! byte offset and what was being read. Dequantisation of the tensor data is
+//! a separate step (next), which is why tensors are exposed as raw bytes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use crate::{BackboneError, Result};
+
+/// "GGUF" read as a little-endian u32.
+const MAGIC: u32 = 0x4655_4747;
+/// Data alignment when `general.alignment` is absent.
+const DEFAULT_ALIGNMENT: u64 = 32;
+/// Sanity caps: a corrupt count must not make us allocate the world.
+const MAX_COUNT: u64 = 1 << 24;
+const MAX_DIMS: u32 = 4;
+
+/// A metadata value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GgufValue {
+    /// Unsigned integer (u8/u16/u32/u64 in the file).
+    U64(u64),
+    /// Signed integer (i8/i16/i32/i64 in the file).
+    I64(i64),
+    /// Float (f32/f64 in the file).
+    F64(f64),
+    /// Boolean.
+    Bool(bool),
+    /// UTF-8 string.
+    Str(String),
+    /// Array of values (tokenizer vocabularies, merges, scores, ...).
+    Array(Vec<GgufValue>),
+}
+
+/// ggml tensor types this crate knows the layout of: (name, block elements, block bytes).
+fn ggml_type(t: u32) -> Option<(&'static str, u64, u64)> {
+    Some(match t {
+        0 => ("F32", 1, 4),
+        1 => ("F16", 1, 2),
+        2 => ("Q4_0", 32, 18),
+        3 => ("Q4_1", 32, 20),
+        6 => ("Q5_0", 32, 22),
+        7 => ("Q5_1", 32, 24),
+        8 => ("Q8_0", 32, 34),
+        12 => ("Q4_K", 256, 144),
+        13 => ("Q5_K", 256, 176),
+        14 => ("Q6_K", 256, 210),
+        30 => ("BF16", 1, 2),
+        _ => return None,
+    })
+}
+
+/// One tensor's entry in the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GgufTensorInfo {
+    /// Tensor name (llama.cpp naming, e.g. `blk.0.attn_q.weight`).
+    pub name: String,
+    /// Dimensions innermost first, as GGUF stores them (`[in, out]` for a matrix).
+    pub dims: Vec<u64>,
+    /// The ggml type id.
+    pub ggml_type: u32,
+    /// The type's name (`F32`, `Q8_0`, `Q4_K`, ...).
+    pub type_name: &'static str,
+    /// Byte offset from the start of the data section.
+    pub offset: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+impl GgufTensorInfo {
+    /// The row-major shape `[out, in]` (dims reversed).
+    pub fn shape(&self) -> Vec<usize> {
+        self.dims.iter().rev().map(|&d| d as usize).collect()
+    }
+}
+
+/// A GGUF file, opened and validated.
+pub struct GgufFile {
+    path: PathBuf,
+    map: Mmap,
+    /// GGUF version (2 or 3).
+    pub version: u32,
+    /// All metadata, by key.
+    pub metadata: BTreeMap<String, GgufValue>,
+    /// Tensor infos in file order.
+    pub tensors: Vec<GgufTensorInfo>,
+    data_start: u64,
+}
+
+impl std::fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .field("metadata", &self.metadata.len())
+            .field("tensors", &self.tensors.len())
+            .finish()
+    }
+}
+
+/// A bounds-checked little-endian reader over the mapped file.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    path: &'a Path,
+}
+
+impl<'a> Cursor<'a> {
+    fn err(&self, msg: impl std::fmt::Display) -> BackboneError {
+        BackboneError::Invalid {
+            path: self.path.to_path_buf(),
+            msg: format!("at byte {}: {msg}", self.pos),
+        }
+    }
+
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
+        match end {
+            Some(end) => {
+                let s = &self.bytes[self.pos..end];
+                self.pos = end;
+                Ok(s)
+            }
+            None => Err(self.err(format!(
+                "file ends while reading {what} ({n} bytes needed, {} left); truncated?",
+                self.bytes.len() - self.pos
+            ))),
+        }
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().unwrap()))
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().unwrap()))
+    }
+
+    fn count(&mut self, what: &str) -> Result<u64> {
+        let n = self.u64(what)?;
+        if n > MAX_COUNT {
+            return Err(self.err(format!("{what} {n} is implausibly large; corrupt file?")));
+        }
+        Ok(n)
+    }
+
+    fn string(&mut self, what: &str) -> Result<String> {
+        let n = self.count(what)? as usize;
+        let b = self.take(n, what)?;
+        String::from_utf8(b.to_vec()).map_err(|_| self.err(format!("{what} is not UTF-8")))
+    }
+
+    fn value(&mut self, ty: u32, key: &str) -> Result<GgufValue> {
+        let b = |c: &mut Self, n| c.take(n, key).map(<[u8]>::to_vec);
+        Ok(match ty {
+            0 => GgufValue::U64(b(self, 1)?[0] as u64),
+            1 => GgufValue::I64(b(self, 1)?[0] as i8 as i64),
+            2 => GgufValue::U64(u16::from_le_bytes(b(self, 2)?.try_into().unwrap()) as u64),
+            3 => GgufValue::I64(i16::from_le_bytes(b(self, 2)?.try_into().unwrap()) as i64),
+            4 => GgufValue::U64(self.u32(key)? as u64),
+            5 => GgufValue::I64(self.u32(key)? as i32 as i64),
+            6 => GgufValue::F64(f32::from_bits(self.u32(key)?) as f64),
+            7 => match b(self, 1)?[0] {
+                0 => GgufValue::Bool(false),
+                1 => GgufValue::Bool(true),
+                x => return Err(self.err(format!("`{key}`: bool byte {x}"))),
+            },
+            8 => GgufValue::Str(self.string(key)?),
+            9 => {
+                let inner = self.u32(key)?;
+                if inner == 9 {
+                    return Err(self.err(format!("`{key}`: nested arrays are not supported")));
+                }
+                let n = self.count(key)?;
+                let mut v = Vec::with_capacity(n.min(1 << 16) as usize);
+                for _ in 0..n {
+                    v.push(self.value(inner, key)?);
+                }
+                GgufValue::Array(v)
+            }
+            10 => GgufValue::U64(self.u64(key)?),
+            11 => GgufValue::I64(self.u64(key)? as i64),
+            12 => GgufValue::F64(f64::from_bits(self.u64(key)?)),
+            other => return Err(self.err(format!("`{key}`: unknown metadata type {other}"))),
+        })
+    }
+}
+
+impl GgufFile {
+    /// Maps and parses `path`, validating every tensor's extent.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let file = std::fs::File::open(path).map_err(|source| BackboneError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // SAFETY: read-only private map; see `SafetensorsFiles` for the contract.
+        let map = unsafe { Mmap::map(&file) }.map_err(|source| BackboneError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let (version, metadata, tensors, data_start) = parse(&map, path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            map,
+            version,
+            metadata,
+            tensors,
+            data_start,
+        })
+    }
+
+    /// The file this came from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Metadata value of `key`, if present.
+    pub fn get(&self, key: &str) -> Option<&GgufValue> {
+        self.metadata.get(key)
+    }
+
+    /// The info of tensor `name`, if present.
+    pub fn tensor_info(&self, name: &str) -> Option<&GgufTensorInfo> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// The raw (possibly quantised) bytes of tensor `name`.
+    pub fn tensor_bytes(&self, name: &str) -> Result<&[u8]> {
+        let t = self
+            .tensor_info(name)
+            .ok_or_else(|| BackboneError::Invalid {
+                path: self.path.clone(),
+                msg: format!("tensor `{name}` is missing"),
+            })?;
+        let start = (self.data_start + t.offset) as usize;
+        Ok(&self.map[start..start + t.size as usize])
+    }
+}
+
+type Parsed = (u32, BTreeMap<String, GgufValue>, Vec<GgufTensorInfo>, u64);
+
+fn parse(bytes: &[u8], path: &Path) -> Result<Parsed> {
+    let mut c = Cursor {
+        bytes,
+        pos: 0,
+        path,
+    };
+    let magic = c.u32("the magic number")?;
+    if magic != MAGIC {
+        return Err(BackboneError::Invalid {
+            path: path.to_path_buf(),
+            msg: format!("not a GGUF file (magic {magic:#010x}, expected \"GGUF\")"),
+        });
+    }
+    let version = c.u32("the version")?;
+    if !(2..=3).contains(&version) {
+        return Err(BackboneError::Unsupported {
+            path: path.to_path_buf(),
+            what: format!("GGUF version {version} (2 and 3 are supported)"),
+        });
+    }
+    let n_tensors = c.count("the tensor count")?;
+    let n_kv = c.count("the metadata count")?;
+    let mut metadata = BTreeMap::new();
+    for _ in 0..n_kv {
+        let key = c.string("a metadata key")?;
+        let ty = c.u32("a metadata type")?;
+        let value = c.value(ty, &key)?;
+        metadata.insert(key, value);
+    }
+    let mut tensors = Vec::with_capacity(n_tensors as usize);
+    for _ in 0..n_tensors {
+        let name = c.string("a tensor name")?;
+        let n_dims = c.u32("a tensor's dimension count")?;
+        if n_dims == 0 || n_dims > MAX_DIMS {
+            return Err(c.err(format!("tensor `{name}` has {n_dims} dimensions")));
+        }
+        let dims = (0..n_dims)
+            .map(|_| c.u64("a tensor dimension"))
+            .collect::<Result<Vec<_>>>()?;
+        let ty = c.u32("a tensor type")?;
+        let offset = c.u64("a tensor offset")?;
+        let (type_name, block, block_bytes) =
+            ggml_type(ty).ok_or_else(|| BackboneError::Unsupported {
+                path: path.to_path_buf(),
+                what: format!("tensor `{name}` has ggml type {ty}"),
+            })?;
+        let elems = dims
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| c.err(format!("tensor `{name}`: dimensions {dims:?} overflow")))?;
+        if dims[0] % block != 0 {
+            return Err(c.err(format!(
+                "tensor `{name}`: inner dimension {} is not a multiple of {type_name}'s block of {block}",
+                dims[0]
+            )));
+        }
+        tensors.push(GgufTensorInfo {
+            name,
+            dims,
+            ggml_type: ty,
+            type_name,
+            offset,
+            size: elems / block * block_bytes,
+        });
+    }
+    let alignment = match metadata.get("general.alignment") {
+        None => DEFAULT_ALIGNMENT,
+        Some(GgufValue::U64(a)) if *a > 0 && a.is_power_of_two() => *a,
+        Some(other) => {
+            return Err(BackboneError::Invalid {
+                path: path.to_path_buf(),
+                msg: format!("general.alignment must be a power of two, found {other:?}"),
+            });
+        }
+    };
+    let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
+    for t in &tensors {
+        let end = data_start
+            .checked_add(t.offset)
+            .and_then(|s| s.checked_add(t.size));
+        if t.offset % alignment != 0 || end.is_none_or(|e| e > bytes.len() as u64) {
+            return Err(BackboneError::Invalid {
+                path: path.to_path_buf(),
+                msg: format!(
+                    "tensor `{}` ({} {:?}, {} bytes at data offset {}) lies outside the {}-byte file \
+                     or is misaligned; truncated download?",
+                    t.name,
+                    t.type_name,
+                    t.dims,
+                    t.size,
+                    t.offset,
+                    bytes.len()
+                ),
+            });
+        }
+    }
+    Ok((version, metadata, tensors, data_start))
+}
