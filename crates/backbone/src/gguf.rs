@@ -4,8 +4,8 @@
 //! Everything is bounds-checked while parsing, and every tensor's byte size
 //! (from its ggml type and dimensions) is checked against the file length at
 //! open, so a truncated or corrupt file fails at once with the file, the
-//! byte offset and what was being read. Dequantisation of the tensor data is
-//! a separate step (next), which is why tensors are exposed as raw bytes.
+//! byte offset and what was being read. Tensors are exposed as raw bytes and,
+//! for the block formats `dequant.rs` handles, as f32 tensors.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -230,6 +230,22 @@ impl GgufFile {
     /// The info of tensor `name`, if present.
     pub fn tensor_info(&self, name: &str) -> Option<&GgufTensorInfo> {
         self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// Tensor `name` dequantised to f32, in its row-major shape.
+    pub fn tensor_f32(&self, name: &str) -> Result<llm2comp_tensor::Tensor> {
+        let bytes = self.tensor_bytes(name)?;
+        let t = self.tensor_info(name).expect("tensor_bytes found it");
+        let shape = t.shape();
+        let mut out = vec![0f32; shape.iter().product()];
+        crate::dequantize(t.ggml_type, bytes, &mut out).map_err(|msg| BackboneError::Invalid {
+            path: self.path.clone(),
+            msg: format!("tensor `{name}` ({}): {msg}", t.type_name),
+        })?;
+        llm2comp_tensor::Tensor::from_vec(out, &shape).map_err(|e| BackboneError::Invalid {
+            path: self.path.clone(),
+            msg: format!("tensor `{name}`: {e}"),
+        })
     }
 
     /// The raw (possibly quantised) bytes of tensor `name`.

@@ -5,11 +5,13 @@
 //! ([`SafetensorsFiles`]). GGUF, the tokenizer and the layers follow.
 
 mod config;
+mod dequant;
 mod error;
 mod gguf;
 mod safetensors_files;
 
 pub use config::{Architecture, AttentionBias, ModelConfig};
+pub use dequant::dequantize;
 pub use error::{BackboneError, Result};
 pub use gguf::{GgufFile, GgufTensorInfo, GgufValue};
 pub use safetensors_files::SafetensorsFiles;
