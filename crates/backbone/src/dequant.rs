@@ -31,7 +31,7 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 pub fn dequantize(ty: u32, bytes: &[u8], out: &mut [f32]) -> Result<(), String> {
     let (be, bb) =
         block(ty).ok_or_else(|| format!("dequantising ggml type {ty} is not implemented"))?;
-    if out.len() % be != 0 || bytes.len() != out.len() / be * bb {
+    if !out.len().is_multiple_of(be) || bytes.len() != out.len() / be * bb {
         return Err(format!(
             "{} bytes of ggml type {ty} do not hold {} values",
             bytes.len(),
