@@ -4,9 +4,15 @@
 //! x = d·q. Q4_0 = d + 16 bytes of nibbles, x = d·(q − 8). Q4_1 = d, f16
 //! offset m + 16 bytes of nibbles, x = d·q + m. In the nibble formats byte j
 //! holds element j in its low nibble and element j + 16 in its high nibble.
+//!
+//! K-quants work on 256-element super-blocks of 8 (Q4_K, Q5_K) or 16 (Q6_K)
+//! sub-blocks, each with its own scale: Q4_K = d, dmin (f16), 12 bytes of
+//! packed 6-bit sub-block scales and mins, 128 bytes of nibbles,
+//! x = d·sc·q − dmin·m. Q5_K adds 32 bytes holding each element's fifth bit.
+//! Q6_K = 128 bytes of low nibbles, 64 bytes of 2-bit high parts, 16 i8
+//! scales, then d; x = d·sc·(q − 32).
 //! Arithmetic is in f32 in the order llama.cpp uses, so results match its
-//! reference bit for bit (tested against `gguf-py`'s dequantize). K-quants
-//! (Q4_K, Q5_K, Q6_K) are not implemented yet and are refused by name.
+//! reference bit for bit (tested against `gguf-py`'s dequantize).
 
 use half::{bf16, f16};
 
@@ -18,6 +24,9 @@ fn block(ty: u32) -> Option<(usize, usize)> {
         2 => (32, 18),
         3 => (32, 20),
         8 => (32, 34),
+        12 => (256, 144),
+        13 => (256, 176),
+        14 => (256, 210),
         _ => return None,
     })
 }
@@ -63,8 +72,82 @@ pub fn dequantize(ty: u32, bytes: &[u8], out: &mut [f32]) -> Result<(), String> 
                     y[j + 16] = d * (q >> 4) as f32 + m;
                 }
             }
+            12 => q4_k(b, y),
+            13 => q5_k(b, y),
+            14 => q6_k(b, y),
             _ => unreachable!("block() lists only the types above"),
         }
     }
     Ok(())
+}
+
+/// Scale and min of sub-block `j` from the 12 packed bytes of Q4_K / Q5_K:
+/// sub-blocks 0-3 keep 6 bits in bytes j and j + 4; 4-7 put their low 4 bits
+/// in byte j + 4 and their top 2 bits in the spare bits of bytes j − 4 and j.
+fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
+    if j < 4 {
+        ((q[j] & 63) as f32, (q[j + 4] & 63) as f32)
+    } else {
+        let sc = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
+        let m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+        (sc as f32, m as f32)
+    }
+}
+
+fn q4_k(b: &[u8], y: &mut [f32]) {
+    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+    let (scales, qs) = (&b[4..16], &b[16..144]);
+    for (c, (q, y)) in qs.chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
+        let (sc, m) = scale_min_k4(2 * c, scales);
+        let (d1, m1) = (d * sc, dmin * m);
+        let (sc, m) = scale_min_k4(2 * c + 1, scales);
+        let (d2, m2) = (d * sc, dmin * m);
+        for l in 0..32 {
+            y[l] = d1 * (q[l] & 0x0f) as f32 - m1;
+            y[l + 32] = d2 * (q[l] >> 4) as f32 - m2;
+        }
+    }
+}
+
+fn q5_k(b: &[u8], y: &mut [f32]) {
+    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+    let (scales, qh, qs) = (&b[4..16], &b[16..48], &b[48..176]);
+    for (c, (q, y)) in qs.chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
+        let (sc, m) = scale_min_k4(2 * c, scales);
+        let (d1, m1) = (d * sc, dmin * m);
+        let (sc, m) = scale_min_k4(2 * c + 1, scales);
+        let (d2, m2) = (d * sc, dmin * m);
+        let (u1, u2) = (1u8 << (2 * c), 2u8 << (2 * c));
+        for l in 0..32 {
+            let hi1 = if qh[l] & u1 != 0 { 16 } else { 0 };
+            let hi2 = if qh[l] & u2 != 0 { 16 } else { 0 };
+            y[l] = d1 * ((q[l] & 0x0f) + hi1) as f32 - m1;
+            y[l + 32] = d2 * ((q[l] >> 4) + hi2) as f32 - m2;
+        }
+    }
+}
+
+fn q6_k(b: &[u8], y: &mut [f32]) {
+    let d = f16_at(b, 208);
+    let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
+    for h in 0..2 {
+        let (ql, qh, sc, y) = (
+            &ql[64 * h..],
+            &qh[32 * h..],
+            &sc[8 * h..],
+            &mut y[128 * h..128 * (h + 1)],
+        );
+        for l in 0..32 {
+            let is = l / 16;
+            let q1 = ((ql[l] & 0x0f) | ((qh[l] & 3) << 4)) as i32 - 32;
+            let q2 = ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+            let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+            let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+            let s = |k: usize| d * (sc[is + k] as i8) as f32;
+            y[l] = s(0) * q1 as f32;
+            y[l + 32] = s(2) * q2 as f32;
+            y[l + 64] = s(4) * q3 as f32;
+            y[l + 96] = s(6) * q4 as f32;
+        }
+    }
 }

@@ -48,8 +48,8 @@ fn sizes_and_unknown_types_are_refused() {
             .contains("do not hold 32")
     );
     assert!(
-        dequantize(12, &[0u8; 144], &mut [0f32; 256])
+        dequantize(6, &[0u8; 22], &mut [0f32; 32])
             .unwrap_err()
-            .contains("type 12")
+            .contains("type 6")
     );
 }
