@@ -361,3 +361,29 @@ fn parse(bytes: &[u8], path: &Path) -> Result<Parsed> {
     }
     Ok((version, metadata, tensors, data_start))
 }
+
+/// Undoes llama.cpp's Q/K row permutation in place, so Hugging Face's
+/// rotate-half RoPE applies. `w` is a row-major [n_head·head_dim, cols]
+/// matrix. The converter stored each head's rows in interleaved order
+/// (pairs (i, i + head_dim/2) adjacent, for GGML's interleaved RoPE): viewed
+/// as [n_head, head_dim/2, 2, cols] it is the Hugging Face matrix with its two
+/// middle axes swapped, so swapping them back restores it.
+pub fn unpermute_qk_rows(w: &mut [f32], n_head: usize, head_dim: usize, cols: usize) {
+    assert!(
+        head_dim.is_multiple_of(2) && w.len() == n_head * head_dim * cols,
+        "unpermute_qk_rows: {} values for {n_head} heads x {head_dim} x {cols}",
+        w.len()
+    );
+    let half = head_dim / 2;
+    let mut head = vec![0f32; head_dim * cols];
+    for h in w.chunks_exact_mut(head_dim * cols) {
+        head.copy_from_slice(h);
+        for i in 0..half {
+            for two in 0..2 {
+                let src = (i * 2 + two) * cols;
+                let dst = (two * half + i) * cols;
+                h[dst..dst + cols].copy_from_slice(&head[src..src + cols]);
+            }
+        }
+    }
+}

@@ -13,5 +13,5 @@ mod safetensors_files;
 pub use config::{Architecture, AttentionBias, ModelConfig};
 pub use dequant::dequantize;
 pub use error::{BackboneError, Result};
-pub use gguf::{GgufFile, GgufTensorInfo, GgufValue};
+pub use gguf::{GgufFile, GgufTensorInfo, GgufValue, unpermute_qk_rows};
 pub use safetensors_files::SafetensorsFiles;

@@ -145,3 +145,33 @@ fn a_missing_file_is_an_io_error_naming_it() {
         .to_string();
     assert!(e.starts_with("/nonexistent/m.gguf: "), "{e}");
 }
+
+/// llama.cpp's converter permutation, as its Python defines it: reshape to
+/// [n_head, 2, head_dim/2, cols], swap axes 1 and 2, flatten.
+fn llama_cpp_permute(w: &[f32], n_head: usize, head_dim: usize, cols: usize) -> Vec<f32> {
+    let half = head_dim / 2;
+    let mut out = vec![0f32; w.len()];
+    for h in 0..n_head {
+        for two in 0..2 {
+            for i in 0..half {
+                for c in 0..cols {
+                    // source index [h, two, i, c]; destination [h, i, two, c]
+                    let src = ((h * 2 + two) * half + i) * cols + c;
+                    let dst = ((h * half + i) * 2 + two) * cols + c;
+                    out[dst] = w[src];
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn qk_unpermutation_inverts_the_converter() {
+    let (n_head, head_dim, cols) = (3, 8, 5);
+    let hf: Vec<f32> = (0..n_head * head_dim * cols).map(|i| i as f32).collect();
+    let mut w = llama_cpp_permute(&hf, n_head, head_dim, cols);
+    assert_ne!(w, hf);
+    llm2comp_backbone::unpermute_qk_rows(&mut w, n_head, head_dim, cols);
+    assert_eq!(w, hf);
+}
