@@ -135,6 +135,25 @@ pub(crate) fn check_row_weights(op: &'static str, w: &[f32], rows: usize) -> Res
     Ok(())
 }
 
+/// The CPU kernels' view of validated inputs (f32 slices of CPU tensors).
+fn cpu_inputs<'a>(
+    hidden: &'a Tensor,
+    weight: &'a Tensor,
+    dim: usize,
+    targets: &'a [i64],
+    row_weights: Option<&'a [f32]>,
+    opts: &LinearXentOptions,
+) -> Result<XentInputs<'a, f32>> {
+    Ok(XentInputs {
+        hidden: hidden.f32s(OP, "hidden")?,
+        weight: weight.f32s(OP, "weight")?,
+        dim,
+        targets,
+        row_weights,
+        ignore_index: opts.ignore_index,
+    })
+}
+
 /// Loss of logits = hidden·weightᵀ against `targets`. hidden: [.., H]; weight: [V, H];
 /// targets and optional `row_weights`: one per hidden row; f32.
 pub fn forward(
@@ -148,14 +167,7 @@ pub fn forward(
     match hidden.device() {
         Device::Cpu => {
             let mut lse = Tensor::zeros(&[rows], hidden.dtype(), Device::Cpu);
-            let x = XentInputs {
-                hidden: hidden.f32s(OP, "hidden")?,
-                weight: weight.f32s(OP, "weight")?,
-                dim,
-                targets,
-                row_weights,
-                ignore_index: opts.ignore_index,
-            };
+            let x = cpu_inputs(hidden, weight, dim, targets, row_weights, opts)?;
             let loss = cpu::linear_xent::forward(&x, tiling, lse.f32s_mut(OP, "lse")?);
             Ok(LinearXentOut {
                 loss: loss as f32,
@@ -191,14 +203,7 @@ pub fn backward(
                 Some(t) => Some(t.f32s_mut(OP, "dweight")?),
                 None => None,
             };
-            let x = XentInputs {
-                hidden: hidden.f32s(OP, "hidden")?,
-                weight: weight.f32s(OP, "weight")?,
-                dim,
-                targets,
-                row_weights,
-                ignore_index: opts.ignore_index,
-            };
+            let x = cpu_inputs(hidden, weight, dim, targets, row_weights, opts)?;
             cpu::linear_xent::backward(
                 &x,
                 tiling,
@@ -228,14 +233,7 @@ pub fn forward_backward(
         Device::Cpu => {
             let mut lse = Tensor::zeros(&[rows], hidden.dtype(), Device::Cpu);
             let mut dh = Tensor::zeros(hidden.shape(), hidden.dtype(), Device::Cpu);
-            let x = XentInputs {
-                hidden: hidden.f32s(OP, "hidden")?,
-                weight: weight.f32s(OP, "weight")?,
-                dim,
-                targets,
-                row_weights,
-                ignore_index: opts.ignore_index,
-            };
+            let x = cpu_inputs(hidden, weight, dim, targets, row_weights, opts)?;
             let loss = cpu::linear_xent::forward_backward(
                 &x,
                 tiling,
