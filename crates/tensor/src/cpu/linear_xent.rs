@@ -49,6 +49,16 @@ pub struct Tiling {
     pub vocab: usize,
 }
 
+impl Tiling {
+    /// The given sizes with zeros raised to 1 (for size estimates, which must not fail).
+    pub fn at_least_one(rows: usize, vocab: usize) -> Self {
+        Self {
+            rows: rows.max(1),
+            vocab: vocab.max(1),
+        }
+    }
+}
+
 impl Default for Tiling {
     fn default() -> Self {
         Self {

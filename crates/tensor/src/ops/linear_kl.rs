@@ -9,7 +9,7 @@
 
 use crate::cpu::linear_kl::KlInputs;
 use crate::cpu::linear_xent::Tiling;
-use crate::ops::linear_xent::check_row_weights;
+use crate::ops::linear_xent::{check_row_weights, checked_tiling};
 use crate::{Device, Result, Tensor, TensorError, cpu};
 
 pub use crate::cpu::linear_xent::{ROW_CHUNK, VOCAB_TILE};
@@ -53,15 +53,7 @@ fn validate(
     row_weights: Option<&[f32]>,
     opts: &LinearKlOptions,
 ) -> Result<(usize, usize, Tiling)> {
-    if opts.row_chunk == 0 || opts.vocab_tile == 0 {
-        return Err(TensorError::invalid(
-            OP,
-            format!(
-                "row_chunk and vocab_tile must be >= 1, got {} and {}",
-                opts.row_chunk, opts.vocab_tile
-            ),
-        ));
-    }
+    let tiling = checked_tiling(OP, opts.row_chunk, opts.vocab_tile)?;
     let dim = *student
         .shape()
         .last()
@@ -81,10 +73,6 @@ fn validate(
     if let Some(w) = row_weights {
         check_row_weights(OP, w, rows)?;
     }
-    let tiling = Tiling {
-        rows: opts.row_chunk,
-        vocab: opts.vocab_tile,
-    };
     Ok((rows, dim, tiling))
 }
 
@@ -182,10 +170,7 @@ pub fn workspace_bytes(
     vocab: usize,
     opts: &LinearKlOptions,
 ) -> usize {
-    let tiling = Tiling {
-        rows: opts.row_chunk.max(1),
-        vocab: opts.vocab_tile.max(1),
-    };
+    let tiling = Tiling::at_least_one(opts.row_chunk, opts.vocab_tile);
     match device {
         Device::Cpu => cpu::linear_kl::workspace_bytes(rows, dim, vocab, tiling),
     }

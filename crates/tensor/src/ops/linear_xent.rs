@@ -36,20 +36,26 @@ impl Default for LinearXentOptions {
 
 impl LinearXentOptions {
     fn tiling(&self) -> Result<Tiling> {
-        if self.row_chunk == 0 || self.vocab_tile == 0 {
-            return Err(TensorError::invalid(
-                OP,
-                format!(
-                    "row_chunk and vocab_tile must be >= 1, got {} and {}",
-                    self.row_chunk, self.vocab_tile
-                ),
-            ));
-        }
-        Ok(Tiling {
-            rows: self.row_chunk,
-            vocab: self.vocab_tile,
-        })
+        checked_tiling(OP, self.row_chunk, self.vocab_tile)
     }
+}
+
+/// The tiling of user-given tile sizes, both of which must be ≥ 1 (shared with `linear_kl`).
+pub(crate) fn checked_tiling(
+    op: &'static str,
+    row_chunk: usize,
+    vocab_tile: usize,
+) -> Result<Tiling> {
+    if row_chunk == 0 || vocab_tile == 0 {
+        return Err(TensorError::invalid(
+            op,
+            format!("row_chunk and vocab_tile must be >= 1, got {row_chunk} and {vocab_tile}"),
+        ));
+    }
+    Ok(Tiling {
+        rows: row_chunk,
+        vocab: vocab_tile,
+    })
 }
 
 /// What forward returns.
@@ -260,10 +266,7 @@ pub fn workspace_bytes(
     vocab: usize,
     opts: &LinearXentOptions,
 ) -> usize {
-    let tiling = Tiling {
-        rows: opts.row_chunk.max(1),
-        vocab: opts.vocab_tile.max(1),
-    };
+    let tiling = Tiling::at_least_one(opts.row_chunk, opts.vocab_tile);
     match device {
         Device::Cpu => cpu::linear_xent::workspace_bytes(rows, dim, vocab, tiling),
     }
