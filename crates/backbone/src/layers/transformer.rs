@@ -528,3 +528,7 @@ impl TransformerGrads {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "transformer_tests.rs"]
+mod tests;

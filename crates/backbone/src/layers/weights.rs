@@ -295,6 +295,38 @@ impl Transformer {
         })
     }
 
+    /// Every base weight under its Hugging Face name, in [`weight_specs`] order
+    /// (what a merged checkpoint is written from; adapters are not included).
+    pub fn named_weights(&self) -> Vec<(String, &Tensor)> {
+        let specs = weight_specs(self.config());
+        let mut tensors: Vec<&Tensor> = vec![self.embedding().table()];
+        for b in self.blocks() {
+            let a = &b.attn;
+            tensors.extend([
+                &**b.attn_norm.weight(),
+                a.q.weight(),
+                a.k.weight(),
+                a.v.weight(),
+                a.o.weight(),
+                b.mlp_norm.weight(),
+                b.mlp.gate.weight(),
+                b.mlp.up.weight(),
+                b.mlp.down.weight(),
+            ]);
+            tensors.extend(
+                [&a.q, &a.k, &a.v, &a.o]
+                    .into_iter()
+                    .filter_map(|l| l.bias().map(|b| &**b)),
+            );
+        }
+        tensors.push(self.final_norm().weight());
+        if !self.is_tied() {
+            tensors.push(self.lm_head());
+        }
+        debug_assert_eq!(specs.len(), tensors.len());
+        specs.into_iter().map(|s| s.hf).zip(tensors).collect()
+    }
+
     /// A model of `config` with seeded random weights (tests, benches): matrices
     /// uniform with bound 1/√in (activations stay O(1) at any width), norm
     /// weights near 1, embedding rows and biases uniform in ±1 and ±0.1.
