@@ -531,4 +531,4 @@ impl TransformerGrads {
 
 #[cfg(test)]
 #[path = "transformer_tests.rs"]
-mod tests;
+pub(crate) mod tests;
