@@ -7,7 +7,7 @@
 //! small, and the caller builds them on the host from token ids anyway.
 
 use crate::cpu::linear_xent::{Tiling, XentInputs};
-use crate::{Device, Result, Tensor, TensorError, cpu};
+use crate::{Device, Result, Tensor, TensorError, cpu, cuda};
 
 pub use crate::cpu::linear_xent::{IGNORE_INDEX, ROW_CHUNK, VOCAB_TILE};
 
@@ -160,8 +160,32 @@ fn cpu_inputs<'a>(
     })
 }
 
+/// The CUDA launchers' view of validated inputs (device tensors).
+fn cuda_args<'a>(
+    hidden: &'a Tensor,
+    weight: &'a Tensor,
+    dim: usize,
+    vocab: usize,
+    targets: &'a [i64],
+    row_weights: Option<&'a [f32]>,
+    opts: &LinearXentOptions,
+    tiling: Tiling,
+) -> cuda::linear_xent::XentArgs<'a> {
+    cuda::linear_xent::XentArgs {
+        hidden,
+        weight,
+        dim,
+        vocab,
+        targets,
+        row_weights,
+        ignore_index: opts.ignore_index,
+        tiling,
+    }
+}
+
 /// Loss of logits = hidden·weightᵀ against `targets`. hidden: [.., H]; weight: [V, H];
-/// targets and optional `row_weights`: one per hidden row; f32.
+/// targets and optional `row_weights`: one per hidden row; f32 on the CPU,
+/// f32 or bf16 (both the same) on CUDA, where `lse` is f32.
 pub fn forward(
     hidden: &Tensor,
     weight: &Tensor,
@@ -169,7 +193,7 @@ pub fn forward(
     row_weights: Option<&[f32]>,
     opts: &LinearXentOptions,
 ) -> Result<LinearXentOut> {
-    let (rows, dim, _, tiling) = validate(hidden, weight, targets, row_weights, opts)?;
+    let (rows, dim, vocab, tiling) = validate(hidden, weight, targets, row_weights, opts)?;
     match hidden.device() {
         Device::Cpu => {
             let mut lse = Tensor::zeros(&[rows], hidden.dtype(), Device::Cpu);
@@ -179,6 +203,11 @@ pub fn forward(
                 loss: loss as f32,
                 lse,
             })
+        }
+        Device::Cuda(_) => {
+            let x = cuda_args(hidden, weight, dim, vocab, targets, row_weights, opts, tiling);
+            let (loss, lse) = cuda::linear_xent::forward(&x)?;
+            Ok(LinearXentOut { loss, lse })
         }
     }
 }
@@ -195,7 +224,7 @@ pub fn backward(
     dweight: Option<&mut Tensor>,
     opts: &LinearXentOptions,
 ) -> Result<Tensor> {
-    let (rows, dim, _, tiling) = validate(hidden, weight, targets, row_weights, opts)?;
+    let (rows, dim, vocab, tiling) = validate(hidden, weight, targets, row_weights, opts)?;
     lse.expect_shape(OP, "lse", &[rows])?;
     crate::ops::same_device(OP, &[hidden, lse])?;
     if let Some(dw) = &dweight {
@@ -220,6 +249,10 @@ pub fn backward(
             );
             Ok(dh)
         }
+        Device::Cuda(_) => {
+            let x = cuda_args(hidden, weight, dim, vocab, targets, row_weights, opts, tiling);
+            cuda::linear_xent::backward(&x, dloss, lse, dweight)
+        }
     }
 }
 
@@ -234,7 +267,7 @@ pub fn forward_backward(
     row_weights: Option<&[f32]>,
     opts: &LinearXentOptions,
 ) -> Result<(LinearXentOut, Tensor)> {
-    let (rows, dim, _, tiling) = validate(hidden, weight, targets, row_weights, opts)?;
+    let (rows, dim, vocab, tiling) = validate(hidden, weight, targets, row_weights, opts)?;
     match hidden.device() {
         Device::Cpu => {
             let mut lse = Tensor::zeros(&[rows], hidden.dtype(), Device::Cpu);
@@ -254,6 +287,11 @@ pub fn forward_backward(
                 dh,
             ))
         }
+        Device::Cuda(_) => {
+            let x = cuda_args(hidden, weight, dim, vocab, targets, row_weights, opts, tiling);
+            let (loss, lse, dh) = cuda::linear_xent::forward_backward(&x)?;
+            Ok((LinearXentOut { loss, lse }, dh))
+        }
     }
 }
 
@@ -269,6 +307,7 @@ pub fn workspace_bytes(
     let tiling = Tiling::at_least_one(opts.row_chunk, opts.vocab_tile);
     match device {
         Device::Cpu => cpu::linear_xent::workspace_bytes(rows, dim, vocab, tiling),
+        Device::Cuda(_) => cuda::linear_xent::workspace_bytes(rows, dim, vocab, tiling),
     }
 }
 
