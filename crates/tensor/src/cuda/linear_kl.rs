@@ -117,8 +117,26 @@ pub fn forward(x: &KlArgs<'_>) -> Result<(f32, Tensor, Tensor)> {
     let (t_max, t_sum, s_max, s_sum, cross) = (p[4], p[5], p[6], p[7], p[8]);
     let wp = x.weight.cuda_ptr(OP, "weight")?;
     let rp = rows.rows.ptr();
-    gather(&dev, OP, ab, x.teacher.cuda_ptr(OP, "teacher")?, rp, ht, na, dim)?;
-    gather(&dev, OP, ab, x.student.cuda_ptr(OP, "student")?, rp, hs, na, dim)?;
+    gather(
+        &dev,
+        OP,
+        ab,
+        x.teacher.cuda_ptr(OP, "teacher")?,
+        rp,
+        ht,
+        na,
+        dim,
+    )?;
+    gather(
+        &dev,
+        OP,
+        ab,
+        x.student.cuda_ptr(OP, "student")?,
+        rp,
+        hs,
+        na,
+        dim,
+    )?;
     fill(&dev, OP, t_max, na, f32::NEG_INFINITY)?;
     fill(&dev, OP, s_max, na, f32::NEG_INFINITY)?;
     fill(&dev, OP, t_sum, na, 0.0)?;
@@ -143,9 +161,16 @@ pub fn forward(x: &KlArgs<'_>) -> Result<(f32, Tensor, Tensor)> {
     let loss_rows = dev.alloc(na * 4)?;
     let finish = dev.function(&modules::LINEAR_XENT, "linear_kl_fwd_finish")?;
     let (cp, na32, lr) = (rows.coef.ptr(), na as i32, loss_rows.ptr());
-    let (ltp, lsp) = (lse_t.cuda_ptr(OP, "lse_teacher")?, lse_s.cuda_ptr(OP, "lse_student")?);
+    let (ltp, lsp) = (
+        lse_t.cuda_ptr(OP, "lse_teacher")?,
+        lse_s.cuda_ptr(OP, "lse_student")?,
+    );
     let mut b = dev.stream().launch_builder(&finish);
-    b.arg(&t_max).arg(&t_sum).arg(&s_max).arg(&s_sum).arg(&cross);
+    b.arg(&t_max)
+        .arg(&t_sum)
+        .arg(&s_max)
+        .arg(&s_sum)
+        .arg(&cross);
     b.arg(&cp).arg(&rp).arg(&na32).arg(&ltp).arg(&lsp).arg(&lr);
     // SAFETY: state and coef hold na f32, rows na indices < N, both lse N f32.
     unsafe { b.launch(cfg(blocks_for(na, 256), 256, 0)) }.map_err(launch_err(OP))?;
@@ -195,8 +220,26 @@ pub fn backward(
         lse_student.cuda_ptr(OP, "lse_student")?,
     );
     let rp = rows.rows.ptr();
-    gather(&dev, OP, ab, x.teacher.cuda_ptr(OP, "teacher")?, rp, ht, na, dim)?;
-    gather(&dev, OP, ab, x.student.cuda_ptr(OP, "student")?, rp, hs, na, dim)?;
+    gather(
+        &dev,
+        OP,
+        ab,
+        x.teacher.cuda_ptr(OP, "teacher")?,
+        rp,
+        ht,
+        na,
+        dim,
+    )?;
+    gather(
+        &dev,
+        OP,
+        ab,
+        x.student.cuda_ptr(OP, "student")?,
+        rp,
+        hs,
+        na,
+        dim,
+    )?;
     fill(&dev, OP, dsa, na * dim, 0.0)?;
     let tile = dev.function(
         &modules::LINEAR_XENT,

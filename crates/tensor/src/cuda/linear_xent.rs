@@ -484,11 +484,7 @@ pub fn workspace_bytes(n: usize, dim: usize, vocab: usize, tiling: Tiling) -> us
     let (rc, vt) = extents(tiling, n.max(1), vocab.max(1));
     let mut worst = 0;
     for ab in [DType::F32, DType::BF16] {
-        for (pass, bufs) in [
-            (Pass::Forward, 4),
-            (Pass::Backward, 3),
-            (Pass::OneSweep, 4),
-        ] {
+        for (pass, bufs) in [(Pass::Forward, 4), (Pass::Backward, 3), (Pass::OneSweep, 4)] {
             let r = regions(pass, n, dim, rc, vt, ab, true);
             worst = worst.max(handed_out(&r, bufs, n));
         }
@@ -527,7 +523,17 @@ pub fn forward(x: &XentArgs<'_>) -> Result<(f32, Tensor)> {
     for (t0, len) in steps(x.vocab, vt) {
         let (len32, t032) = (len as i32, t0 as i32);
         for (a, rcn) in steps(na, rc) {
-            logits(&dev, ab, ha + (a * dim * e) as u64, wp, z, rcn, dim, t0, len)?;
+            logits(
+                &dev,
+                ab,
+                ha + (a * dim * e) as u64,
+                wp,
+                z,
+                rcn,
+                dim,
+                t0,
+                len,
+            )?;
             let (tg, mx, sm, pk) = (
                 DeviceRows::at(targets, a),
                 run_max + (a * 4) as u64,
@@ -535,7 +541,13 @@ pub fn forward(x: &XentArgs<'_>) -> Result<(f32, Tensor)> {
                 picked + (a * 4) as u64,
             );
             let mut b = dev.stream().launch_builder(&tile);
-            b.arg(&z).arg(&len32).arg(&t032).arg(&tg).arg(&mx).arg(&sm).arg(&pk);
+            b.arg(&z)
+                .arg(&len32)
+                .arg(&t032)
+                .arg(&tg)
+                .arg(&mx)
+                .arg(&sm)
+                .arg(&pk);
             // SAFETY: z is f32 [rcn, len]; the row arrays hold na ≥ a + rcn entries.
             unsafe { b.launch(cfg(rcn as u32, BLOCK, 0)) }.map_err(launch_err(OP))?;
         }
@@ -675,7 +687,17 @@ pub fn forward_backward(x: &XentArgs<'_>) -> Result<(f32, Tensor, Tensor)> {
     for (t0, len) in steps(x.vocab, vt) {
         let (len32, t032) = (len as i32, t0 as i32);
         for (a, rcn) in steps(na, rc) {
-            logits(&dev, ab, ha + (a * dim * e) as u64, wp, z, rcn, dim, t0, len)?;
+            logits(
+                &dev,
+                ab,
+                ha + (a * dim * e) as u64,
+                wp,
+                z,
+                rcn,
+                dim,
+                t0,
+                len,
+            )?;
             let (tg, mx, sm, pk, ac) = (
                 DeviceRows::at(targets, a),
                 run_max + (a * 4) as u64,
@@ -721,7 +743,12 @@ pub fn forward_backward(x: &XentArgs<'_>) -> Result<(f32, Tensor, Tensor)> {
         loss_rows.ptr(),
     );
     let mut b = dev.stream().launch_builder(&finish);
-    b.arg(&run_max).arg(&run_sum).arg(&picked).arg(&cp).arg(&rp).arg(&tp);
+    b.arg(&run_max)
+        .arg(&run_sum)
+        .arg(&picked)
+        .arg(&cp)
+        .arg(&rp)
+        .arg(&tp);
     b.arg(&acc).arg(&wp).arg(&dim32).arg(&lp).arg(&lr).arg(&dp);
     // SAFETY: one block per active row; acc [na, dim] f32, W [V, dim] and dh
     // [N, dim] of the operand dtype, lse [N], loss_rows [na].

@@ -205,7 +205,16 @@ pub fn forward(
             })
         }
         Device::Cuda(_) => {
-            let x = cuda_args(hidden, weight, dim, vocab, targets, row_weights, opts, tiling);
+            let x = cuda_args(
+                hidden,
+                weight,
+                dim,
+                vocab,
+                targets,
+                row_weights,
+                opts,
+                tiling,
+            );
             let (loss, lse) = cuda::linear_xent::forward(&x)?;
             Ok(LinearXentOut { loss, lse })
         }
@@ -250,7 +259,16 @@ pub fn backward(
             Ok(dh)
         }
         Device::Cuda(_) => {
-            let x = cuda_args(hidden, weight, dim, vocab, targets, row_weights, opts, tiling);
+            let x = cuda_args(
+                hidden,
+                weight,
+                dim,
+                vocab,
+                targets,
+                row_weights,
+                opts,
+                tiling,
+            );
             cuda::linear_xent::backward(&x, dloss, lse, dweight)
         }
     }
@@ -288,7 +306,16 @@ pub fn forward_backward(
             ))
         }
         Device::Cuda(_) => {
-            let x = cuda_args(hidden, weight, dim, vocab, targets, row_weights, opts, tiling);
+            let x = cuda_args(
+                hidden,
+                weight,
+                dim,
+                vocab,
+                targets,
+                row_weights,
+                opts,
+                tiling,
+            );
             let (loss, lse, dh) = cuda::linear_xent::forward_backward(&x)?;
             Ok((LinearXentOut { loss, lse }, dh))
         }

@@ -123,6 +123,8 @@ fn zero_rows(name: &str, dh: &Tensor, dead: &[bool]) {
 
 #[derive(Debug, Clone, Copy)]
 struct Case {
+    rows: usize,
+    dim: usize,
     vocab: usize,
     dtype: DType,
     row_chunk: usize,
@@ -134,7 +136,9 @@ struct Case {
 impl Case {
     fn name(&self, loss: &str) -> String {
         format!(
-            "{loss} V={} {:?} chunk {} tile {}{}",
+            "{loss} N={} H={} V={} {:?} chunk {} tile {}{}",
+            self.rows,
+            self.dim,
             self.vocab,
             self.dtype,
             self.row_chunk,
@@ -148,16 +152,16 @@ fn xent_case(c: Case) {
     let Some(dev) = gpu() else { return };
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let d = device(dev);
-    let (v, e) = (c.vocab, c.dtype.size_in_bytes());
+    let (n, dim, v, e) = (c.rows, c.dim, c.vocab, c.dtype.size_in_bytes());
     let name = c.name("linear_xent");
     let (lb, gb) = bounds(c.dtype);
-    let (h, w) = (randn(&[N, H], c.seed), randn(&[v, H], c.seed + 1));
+    let (h, w) = (randn(&[n, dim], c.seed), randn(&[v, dim], c.seed + 1));
     let (hc, wc) = (rounded(&h, c.dtype), rounded(&w, c.dtype));
     let (hg, wg) = (to_gpu(&h, c.dtype, dev), to_gpu(&w, c.dtype, dev));
-    let t = targets(N, v, c.seed);
-    let rw_all = row_weights(N, c.seed + 2);
+    let t = targets(n, v, c.seed);
+    let rw_all = row_weights(n, c.seed + 2);
     let rw = c.weighted.then_some(&rw_all[..]);
-    let dead: Vec<bool> = (0..N)
+    let dead: Vec<bool> = (0..n)
         .map(|i| t[i] == IGNORE_INDEX || rw.is_some_and(|w| w[i] == 0.0))
         .collect();
     let o = LinearXentOptions {
@@ -165,39 +169,54 @@ fn xent_case(c: Case) {
         row_chunk: c.row_chunk,
         vocab_tile: c.vocab_tile,
     };
-    let ws = linear_xent::workspace_bytes(dev, N, H, v, &o);
+    let ws = linear_xent::workspace_bytes(dev, n, dim, v, &o);
 
     // Forward.
     let want = linear_xent::forward(&hc, &wc, &t, rw, &o).unwrap();
     let (got, bytes) = measured(&d, || linear_xent::forward(&hg, &wg, &t, rw, &o).unwrap());
     scalar_check(&format!("{name}: forward loss"), got.loss, want.loss, lb);
-    check(&format!("{name}: lse"), &to_cpu_f32(&got.lse), &want.lse, lb);
+    check(
+        &format!("{name}: lse"),
+        &to_cpu_f32(&got.lse),
+        &want.lse,
+        lb,
+    );
     memory_check(
         &format!("{name}: forward"),
         bytes,
-        ws + outputs(&[N * 4]),
-        N,
+        ws + outputs(&[n * 4]),
+        n,
         v,
     );
 
     // Backward with the head's gradient, into a zeroed dW of the head's dtype.
     let dloss = 1.5;
-    let mut dw_want = Tensor::zeros(&[v, H], DType::F32, Device::Cpu);
+    let mut dw_want = Tensor::zeros(&[v, dim], DType::F32, Device::Cpu);
     let dh_want =
         linear_xent::backward(dloss, &hc, &wc, &t, rw, &want.lse, Some(&mut dw_want), &o).unwrap();
-    let mut dw_got = Tensor::try_zeros(&[v, H], c.dtype, dev).unwrap();
+    let mut dw_got = Tensor::try_zeros(&[v, dim], c.dtype, dev).unwrap();
     let (dh_got, bytes) = measured(&d, || {
         linear_xent::backward(dloss, &hg, &wg, &t, rw, &got.lse, Some(&mut dw_got), &o).unwrap()
     });
     assert_eq!(dh_got.dtype(), c.dtype);
-    check(&format!("{name}: backward dh"), &to_cpu_f32(&dh_got), &dh_want, gb);
-    check(&format!("{name}: backward dW"), &to_cpu_f32(&dw_got), &dw_want, gb);
+    check(
+        &format!("{name}: backward dh"),
+        &to_cpu_f32(&dh_got),
+        &dh_want,
+        gb,
+    );
+    check(
+        &format!("{name}: backward dW"),
+        &to_cpu_f32(&dw_got),
+        &dw_want,
+        gb,
+    );
     zero_rows(&format!("{name}: backward dh"), &dh_got, &dead);
     memory_check(
         &format!("{name}: backward"),
         bytes,
-        ws + outputs(&[N * H * e]),
-        N,
+        ws + outputs(&[n * dim * e]),
+        n,
         v,
     );
 
@@ -224,15 +243,30 @@ fn xent_case(c: Case) {
     let ((got1, dh1), bytes) = measured(&d, || {
         linear_xent::forward_backward(&hg, &wg, &t, rw, &o).unwrap()
     });
-    scalar_check(&format!("{name}: one-sweep loss"), got1.loss, want1.loss, lb);
-    check(&format!("{name}: one-sweep lse"), &to_cpu_f32(&got1.lse), &want1.lse, lb);
-    check(&format!("{name}: one-sweep dh"), &to_cpu_f32(&dh1), &dh1_want, gb);
+    scalar_check(
+        &format!("{name}: one-sweep loss"),
+        got1.loss,
+        want1.loss,
+        lb,
+    );
+    check(
+        &format!("{name}: one-sweep lse"),
+        &to_cpu_f32(&got1.lse),
+        &want1.lse,
+        lb,
+    );
+    check(
+        &format!("{name}: one-sweep dh"),
+        &to_cpu_f32(&dh1),
+        &dh1_want,
+        gb,
+    );
     zero_rows(&format!("{name}: one-sweep dh"), &dh1, &dead);
     memory_check(
         &format!("{name}: one-sweep"),
         bytes,
-        ws + outputs(&[N * 4, N * H * e]),
-        N,
+        ws + outputs(&[n * 4, n * dim * e]),
+        n,
         v,
     );
 }
@@ -240,6 +274,8 @@ fn xent_case(c: Case) {
 #[test]
 fn linear_xent_bf16_v49152_matches_cpu() {
     xent_case(Case {
+        rows: N,
+        dim: H,
         vocab: 49152,
         dtype: DType::BF16,
         row_chunk: linear_xent::ROW_CHUNK,
@@ -252,6 +288,8 @@ fn linear_xent_bf16_v49152_matches_cpu() {
 #[test]
 fn linear_xent_bf16_v32000_weighted_ragged_tiles_matches_cpu() {
     xent_case(Case {
+        rows: N,
+        dim: H,
         vocab: 32000,
         dtype: DType::BF16,
         row_chunk: 16,
@@ -264,6 +302,8 @@ fn linear_xent_bf16_v32000_weighted_ragged_tiles_matches_cpu() {
 #[test]
 fn linear_xent_bf16_v128256_weighted_matches_cpu() {
     xent_case(Case {
+        rows: N,
+        dim: H,
         vocab: 128256,
         dtype: DType::BF16,
         row_chunk: 16,
@@ -276,6 +316,8 @@ fn linear_xent_bf16_v128256_weighted_matches_cpu() {
 #[test]
 fn linear_xent_f32_v32000_matches_cpu() {
     xent_case(Case {
+        rows: N,
+        dim: H,
         vocab: 32000,
         dtype: DType::F32,
         row_chunk: 8,
@@ -289,13 +331,13 @@ fn kl_case(c: Case) {
     let Some(dev) = gpu() else { return };
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let d = device(dev);
-    let (v, e) = (c.vocab, c.dtype.size_in_bytes());
+    let (n, dim, v, e) = (c.rows, c.dim, c.vocab, c.dtype.size_in_bytes());
     let name = c.name("linear_kl");
     let (lb, gb) = bounds(c.dtype);
     let (ht, hs, w) = (
-        randn(&[N, H], c.seed),
-        randn(&[N, H], c.seed + 1),
-        randn(&[v, H], c.seed + 2),
+        randn(&[n, dim], c.seed),
+        randn(&[n, dim], c.seed + 1),
+        randn(&[v, dim], c.seed + 2),
     );
     let (htc, hsc, wc) = (
         rounded(&ht, c.dtype),
@@ -307,13 +349,13 @@ fn kl_case(c: Case) {
         to_gpu(&hs, c.dtype, dev),
         to_gpu(&w, c.dtype, dev),
     );
-    let rw_all = row_weights(N, c.seed + 3);
+    let rw_all = row_weights(n, c.seed + 3);
     let rw = c.weighted.then_some(&rw_all[..]);
     let o = LinearKlOptions {
         row_chunk: c.row_chunk,
         vocab_tile: c.vocab_tile,
     };
-    let ws = linear_kl::workspace_bytes(dev, N, H, v, &o);
+    let ws = linear_kl::workspace_bytes(dev, n, dim, v, &o);
 
     let want = linear_kl::forward(&htc, &hsc, &wc, rw, &o).unwrap();
     let (got, bytes) = measured(&d, || linear_kl::forward(&htg, &hsg, &wg, rw, &o).unwrap());
@@ -324,24 +366,34 @@ fn kl_case(c: Case) {
     memory_check(
         &format!("{name}: forward"),
         bytes,
-        ws + outputs(&[N * 4, N * 4]),
-        N,
+        ws + outputs(&[n * 4, n * 4]),
+        n,
         v,
     );
 
     let dloss = 0.7;
-    let mut dw_want = Tensor::zeros(&[v, H], DType::F32, Device::Cpu);
+    let mut dw_want = Tensor::zeros(&[v, dim], DType::F32, Device::Cpu);
     let (wlt, wls) = (&want.lse_teacher, &want.lse_student);
     let ds_want =
         linear_kl::backward(dloss, &htc, &hsc, &wc, rw, wlt, wls, Some(&mut dw_want), &o).unwrap();
-    let mut dw_got = Tensor::try_zeros(&[v, H], c.dtype, dev).unwrap();
+    let mut dw_got = Tensor::try_zeros(&[v, dim], c.dtype, dev).unwrap();
     let (glt, gls) = (&got.lse_teacher, &got.lse_student);
     let (ds_got, bytes) = measured(&d, || {
         linear_kl::backward(dloss, &htg, &hsg, &wg, rw, glt, gls, Some(&mut dw_got), &o).unwrap()
     });
     assert_eq!(ds_got.dtype(), c.dtype);
-    check(&format!("{name}: backward dstudent"), &to_cpu_f32(&ds_got), &ds_want, gb);
-    check(&format!("{name}: backward dW"), &to_cpu_f32(&dw_got), &dw_want, gb);
+    check(
+        &format!("{name}: backward dstudent"),
+        &to_cpu_f32(&ds_got),
+        &ds_want,
+        gb,
+    );
+    check(
+        &format!("{name}: backward dW"),
+        &to_cpu_f32(&dw_got),
+        &dw_want,
+        gb,
+    );
     if let Some(rw) = rw {
         let dead: Vec<bool> = rw.iter().map(|&x| x == 0.0).collect();
         zero_rows(&format!("{name}: backward dstudent"), &ds_got, &dead);
@@ -349,12 +401,23 @@ fn kl_case(c: Case) {
     memory_check(
         &format!("{name}: backward"),
         bytes,
-        ws + outputs(&[N * H * e]),
-        N,
+        ws + outputs(&[n * dim * e]),
+        n,
         v,
     );
     let mut dw_twice = dw_want.to_device(dev).unwrap();
-    linear_kl::backward(dloss, &htg, &hsg, &wg, rw, glt, gls, Some(&mut dw_twice), &o).unwrap();
+    linear_kl::backward(
+        dloss,
+        &htg,
+        &hsg,
+        &wg,
+        rw,
+        glt,
+        gls,
+        Some(&mut dw_twice),
+        &o,
+    )
+    .unwrap();
     check(
         &format!("{name}: backward dW added into f32"),
         &to_cpu_f32(&dw_twice),
@@ -366,6 +429,8 @@ fn kl_case(c: Case) {
 #[test]
 fn linear_kl_bf16_v49152_matches_cpu() {
     kl_case(Case {
+        rows: N,
+        dim: H,
         vocab: 49152,
         dtype: DType::BF16,
         row_chunk: linear_kl::ROW_CHUNK,
@@ -378,6 +443,8 @@ fn linear_kl_bf16_v49152_matches_cpu() {
 #[test]
 fn linear_kl_bf16_v32000_weighted_ragged_tiles_matches_cpu() {
     kl_case(Case {
+        rows: N,
+        dim: H,
         vocab: 32000,
         dtype: DType::BF16,
         row_chunk: 16,
@@ -390,6 +457,8 @@ fn linear_kl_bf16_v32000_weighted_ragged_tiles_matches_cpu() {
 #[test]
 fn linear_kl_bf16_v128256_weighted_matches_cpu() {
     kl_case(Case {
+        rows: N,
+        dim: H,
         vocab: 128256,
         dtype: DType::BF16,
         row_chunk: 16,
@@ -402,6 +471,8 @@ fn linear_kl_bf16_v128256_weighted_matches_cpu() {
 #[test]
 fn linear_kl_f32_v32000_matches_cpu() {
     kl_case(Case {
+        rows: N,
+        dim: H,
         vocab: 32000,
         dtype: DType::F32,
         row_chunk: 8,
@@ -409,6 +480,27 @@ fn linear_kl_f32_v32000_matches_cpu() {
         weighted: true,
         seed: 800,
     });
+}
+
+/// Tiny shapes with many ragged chunks and tiles, every entry point and both
+/// dtypes: quick enough for compute-sanitizer (memcheck, racecheck), which
+/// the GPU check runs on tests named `small`.
+#[test]
+fn linear_xent_and_kl_small_ragged_cases_match_cpu() {
+    for (dtype, seed) in [(DType::BF16, 1100), (DType::F32, 1200)] {
+        let c = Case {
+            rows: 11,
+            dim: 24,
+            vocab: 300,
+            dtype,
+            row_chunk: 4,
+            vocab_tile: 64,
+            weighted: true,
+            seed,
+        };
+        xent_case(c);
+        kl_case(c);
+    }
 }
 
 #[test]
@@ -419,13 +511,28 @@ fn identical_teacher_and_student_give_zero_kl_on_gpu() {
     let w = to_gpu(&randn(&[32000, H], 901), DType::BF16, dev);
     let o = LinearKlOptions::default();
     let out = linear_kl::forward(&h, &h, &w, None, &o).unwrap();
-    say(format!("linear_kl identical inputs: loss {:e} (want 0)", out.loss));
+    say(format!(
+        "linear_kl identical inputs: loss {:e} (want 0)",
+        out.loss
+    ));
     assert!(out.loss.abs() < 1e-5, "{}", out.loss);
-    let ds = linear_kl::backward(1.0, &h, &h, &w, None, &out.lse_teacher, &out.lse_student, None, &o)
-        .unwrap();
+    let ds = linear_kl::backward(
+        1.0,
+        &h,
+        &h,
+        &w,
+        None,
+        &out.lse_teacher,
+        &out.lse_student,
+        None,
+        &o,
+    )
+    .unwrap();
     let g = to_cpu_f32(&ds).to_vec_f32();
     let worst = g.iter().fold(0f32, |m, x| m.max(x.abs()));
-    say(format!("linear_kl identical inputs: max |dstudent| {worst:e} (want 0)"));
+    say(format!(
+        "linear_kl identical inputs: max |dstudent| {worst:e} (want 0)"
+    ));
     assert!(worst < 1e-6, "{worst}");
 }
 
@@ -456,8 +563,18 @@ fn large_row_counts_never_hold_full_logits() {
         linear_xent::forward_backward(&h, &w, &t, None, &o).unwrap()
     });
     memory_check("linear_xent N=4096 one sweep", bytes, bound, n, v);
-    scalar_check("linear_xent N=4096 one-sweep vs two-pass loss", one.loss, fwd.loss, 1e-4);
-    check("linear_xent N=4096 one-sweep vs two-pass dh", &to_cpu_f32(&dh1), &to_cpu_f32(&dh), 1e-2);
+    scalar_check(
+        "linear_xent N=4096 one-sweep vs two-pass loss",
+        one.loss,
+        fwd.loss,
+        1e-4,
+    );
+    check(
+        "linear_xent N=4096 one-sweep vs two-pass dh",
+        &to_cpu_f32(&dh1),
+        &to_cpu_f32(&dh),
+        1e-2,
+    );
     assert!(to_cpu_f32(&dw).to_vec_f32().iter().all(|x| x.is_finite()));
 
     let s = to_gpu(&randn(&[n, H], 1002), DType::BF16, dev);
@@ -467,8 +584,18 @@ fn large_row_counts_never_hold_full_logits() {
     let (kl, bytes) = measured(&d, || linear_kl::forward(&h, &s, &w, None, &ko).unwrap());
     memory_check("linear_kl N=4096 forward", bytes, kbound, n, v);
     let (ds, bytes) = measured(&d, || {
-        linear_kl::backward(1.0, &h, &s, &w, None, &kl.lse_teacher, &kl.lse_student, Some(&mut dw), &ko)
-            .unwrap()
+        linear_kl::backward(
+            1.0,
+            &h,
+            &s,
+            &w,
+            None,
+            &kl.lse_teacher,
+            &kl.lse_student,
+            Some(&mut dw),
+            &ko,
+        )
+        .unwrap()
     });
     memory_check("linear_kl N=4096 backward + dW", bytes, kbound, n, v);
     assert!(kl.loss.is_finite() && kl.loss > 0.0, "{}", kl.loss);
