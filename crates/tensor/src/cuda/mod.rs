@@ -14,6 +14,8 @@
 
 mod alloc;
 pub mod cast;
+pub mod linear_kl;
+pub mod linear_xent;
 pub mod matmul;
 pub mod modules;
 

@@ -22,3 +22,9 @@ impl Module {
 
 /// dtype conversions.
 pub const CAST: Module = Module::new("cast", include_str!("../../../../kernels/ptx/cast.ptx"));
+
+/// Fused LM head + cross-entropy and KL(teacher ‖ student) tile kernels.
+pub const LINEAR_XENT: Module = Module::new(
+    "linear_xent",
+    include_str!("../../../../kernels/ptx/linear_xent.ptx"),
+);
