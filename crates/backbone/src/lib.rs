@@ -8,6 +8,7 @@
 
 mod config;
 mod dequant;
+pub mod embedder;
 mod error;
 mod gguf;
 mod gguf_config;
@@ -17,6 +18,7 @@ mod safetensors_files;
 
 pub use config::{Architecture, AttentionBias, ModelConfig};
 pub use dequant::dequantize;
+pub use embedder::{EmbedOptions, Embedder};
 pub use error::{BackboneError, Result};
 pub use gguf::{GgufFile, GgufTensorInfo, GgufValue, unpermute_qk_rows};
 pub use layers::Pass;
