@@ -16,6 +16,10 @@ mod alloc;
 pub mod cast;
 pub mod matmul;
 pub mod modules;
+pub mod residual;
+pub mod rmsnorm;
+pub mod rope;
+pub mod swiglu;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
