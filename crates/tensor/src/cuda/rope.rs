@@ -46,12 +46,10 @@ fn launch(
         DType::F32 => "rope_f32",
         DType::BF16 => "rope_bf16",
         found => {
-            return Err(TensorError::DType {
-                op: OP,
-                what: "x",
-                expected: DType::F32,
-                found,
-            });
+            return Err(TensorError::invalid(
+                OP,
+                format!("x is {found}; the CUDA kernels take f32 or bf16"),
+            ));
         }
     };
     table.cos().expect_dtype(OP, "cos table", DType::F32)?;

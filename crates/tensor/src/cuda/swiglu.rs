@@ -11,18 +11,16 @@ const OP: &str = "swiglu";
 /// Threads per block of the elementwise kernels.
 const BLOCK: u32 = 256;
 
-/// "f32" or "bf16" for `t`, else an error naming `what`; every other tensor must match `first`.
+/// "f32" or "bf16" for `first` (gate), else an error; every other tensor must share its dtype.
 fn dtype_name(first: &Tensor, others: &[(&Tensor, &'static str)]) -> Result<&'static str> {
     let name = match first.dtype() {
         DType::F32 => "f32",
         DType::BF16 => "bf16",
         found => {
-            return Err(TensorError::DType {
-                op: OP,
-                what: "gate",
-                expected: DType::F32,
-                found,
-            });
+            return Err(TensorError::invalid(
+                OP,
+                format!("gate is {found}; the CUDA kernels take f32 or bf16"),
+            ));
         }
     };
     for (t, what) in others {
