@@ -18,6 +18,10 @@ pub mod linear_kl;
 pub mod linear_xent;
 pub mod matmul;
 pub mod modules;
+pub mod residual;
+pub mod rmsnorm;
+pub mod rope;
+pub mod swiglu;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
