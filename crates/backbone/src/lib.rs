@@ -13,6 +13,7 @@ mod error;
 mod gguf;
 mod gguf_config;
 pub mod layers;
+pub mod model;
 pub mod pooling;
 mod safetensors_files;
 
@@ -26,5 +27,6 @@ pub use layers::lora::{Lora, LoraConfig, LoraGrads, LoraTarget};
 pub use layers::transformer::{
     Input, Param, Trainable, Transformer, TransformerCache, TransformerGrads,
 };
+pub use model::{ModelFormat, ModelInfo};
 pub use pooling::Pooling;
 pub use safetensors_files::SafetensorsFiles;
