@@ -3,8 +3,10 @@
 //! The Hugging Face `config.json` of the supported architectures, validated
 //! into a [`ModelConfig`] (or read from GGUF metadata), memory-mapped
 //! safetensors weights ([`SafetensorsFiles`]), GGUF files ([`GgufFile`]),
-//! the model layers with explicit forward and backward ([`layers`]) and
-//! pooling of hidden states into sentence embeddings ([`pooling`]).
+//! the tokenizer ([`Tokenizer`], from a `tokenizer.json` or a GGUF), the model
+//! layers with explicit forward and backward ([`layers`]), pooling of hidden
+//! states into sentence embeddings ([`pooling`]) and batched embedding
+//! ([`Embedder`]).
 
 mod config;
 mod dequant;
@@ -15,7 +17,9 @@ mod gguf_config;
 pub mod layers;
 pub mod model;
 pub mod pooling;
+mod gguf_tokenizer;
 mod safetensors_files;
+mod tokenizer;
 
 pub use config::{Architecture, AttentionBias, ModelConfig};
 pub use dequant::dequantize;
@@ -30,3 +34,4 @@ pub use layers::transformer::{
 pub use model::{ModelFormat, ModelInfo};
 pub use pooling::Pooling;
 pub use safetensors_files::SafetensorsFiles;
+pub use tokenizer::Tokenizer;
