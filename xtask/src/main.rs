@@ -78,7 +78,7 @@ fn ptx(check: bool) -> Result<()> {
     for src in &sources {
         let name = src.file_stem().unwrap().to_string_lossy().to_string();
         let fresh = scratch.join(format!("{name}.ptx"));
-        compile(&nvcc, src, &fresh)?;
+        compile(&nvcc, &staged(&root, src)?, &fresh)?;
         check_isa(&fresh)?;
         let committed = out_dir.join(format!("{name}.ptx"));
         if check {
@@ -120,6 +120,27 @@ fn compile(nvcc: &Path, src: &Path, out: &Path) -> Result<()> {
     let text = std::fs::read_to_string(out)?;
     std::fs::write(out, portable_file_paths(&text))?;
     Ok(())
+}
+
+/// Where sources are compiled from. nvcc mangles a hash of the source file's
+/// absolute path into internal symbol names, so PTX built from two checkouts
+/// differs; compiling a copy at one fixed path makes the output depend on the
+/// source alone, and `--check` works in any clone. (Two concurrent runs on one
+/// machine would share this directory: do not run them in parallel.)
+const STAGE_DIR: &str = "/tmp/llm2comp-kernels-stage";
+
+/// Copies every file of `kernels/` (headers too) to [`STAGE_DIR`] and returns
+/// the staged path of `src`.
+fn staged(root: &Path, src: &Path) -> Result<PathBuf> {
+    let dir = Path::new(STAGE_DIR).join("kernels");
+    std::fs::create_dir_all(&dir)?;
+    for e in std::fs::read_dir(root.join("kernels"))? {
+        let p = e?.path();
+        if p.is_file() {
+            std::fs::copy(&p, dir.join(p.file_name().unwrap()))?;
+        }
+    }
+    Ok(dir.join(src.file_name().unwrap()))
 }
 
 /// `-lineinfo` records absolute paths in `.file` directives: the checkout's

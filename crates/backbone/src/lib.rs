@@ -14,10 +14,10 @@ pub mod embedder;
 mod error;
 mod gguf;
 mod gguf_config;
+mod gguf_tokenizer;
 pub mod layers;
 pub mod model;
 pub mod pooling;
-mod gguf_tokenizer;
 mod safetensors_files;
 mod tokenizer;
 

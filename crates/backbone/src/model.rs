@@ -8,7 +8,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::{BackboneError, GgufFile, ModelConfig, Result, SafetensorsFiles, Transformer};
+use crate::{
+    BackboneError, GgufFile, ModelConfig, Result, SafetensorsFiles, Tokenizer, Transformer,
+};
 
 /// The on-disk layout of a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +144,24 @@ pub fn load_transformer(path: impl AsRef<Path>) -> Result<Transformer> {
             Transformer::from_safetensors(&config, &safetensors_in(path)?)
         }
         ModelFormat::Gguf => Transformer::from_gguf(&GgufFile::open(path)?),
+    }
+}
+
+/// The tokenizer of a directory (`tokenizer.json`) or GGUF file (its metadata).
+pub fn load_tokenizer(path: impl AsRef<Path>) -> Result<Tokenizer> {
+    let path = path.as_ref();
+    match detect(path)? {
+        ModelFormat::HuggingFace => {
+            let file = path.join("tokenizer.json");
+            if !file.is_file() {
+                return Err(BackboneError::Invalid {
+                    path: path.to_path_buf(),
+                    msg: "no tokenizer.json in the model directory".into(),
+                });
+            }
+            Tokenizer::from_file(file)
+        }
+        ModelFormat::Gguf => Tokenizer::from_gguf(&GgufFile::open(path)?),
     }
 }
 

@@ -1,7 +1,11 @@
 //! The `llm2comp` command line. Library crates return typed errors; this edge
 //! turns them into `anyhow` messages with context for the user.
 
+mod embed;
+mod info;
+mod npy;
 mod selftest;
+mod texts;
 
 /// `println!` that returns the write error instead of panicking, so output
 /// piped into a reader that stops early (`| head`) ends the run quietly.
@@ -33,6 +37,11 @@ enum Command {
     /// batch: checks that every op's forward and backward compose (the loss
     /// must fall) and times each op family.
     Selftest(selftest::Args),
+    /// Show a model's architecture, size, dtypes, vocabulary, special tokens
+    /// and the memory it needs (reads headers only).
+    Info(info::Args),
+    /// Embed passages (one a line, or JSONL) into a .npy or .jsonl file.
+    Embed(embed::Args),
 }
 
 fn main() -> Result<()> {
@@ -40,6 +49,8 @@ fn main() -> Result<()> {
     let threads = llm2comp_tensor::pool::init(cli.threads);
     let result = match cli.command {
         Command::Selftest(args) => selftest::run(&args, threads),
+        Command::Info(args) => info::run(&args),
+        Command::Embed(args) => embed::run(&args),
     };
     match result {
         Err(e) if broken_pipe(&e) => Ok(()),

@@ -1,0 +1,191 @@
+//! `llm2comp embed`: texts in, one vector per text out.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use llm2comp_backbone::model;
+use llm2comp_backbone::{EmbedOptions, Embedder, Pooling};
+use llm2comp_tensor::Device;
+
+use crate::npy::write_embeddings;
+use crate::texts::{self, InputFormat};
+
+/// How hidden states become one vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PoolingArg {
+    /// Mean over the text's tokens.
+    Mean,
+    /// The last token's hidden state.
+    Last,
+    /// Mean over the k memory tokens appended by an LLM2Comp adapter.
+    Memory,
+}
+
+/// Attention mask of the encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttentionArg {
+    /// Each token sees the tokens before it (the model as pretrained).
+    Causal,
+    /// Every token sees the whole text (LLM2Comp's encoder).
+    Bidirectional,
+}
+
+/// Arguments of `llm2comp embed`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A Hugging Face model directory or a .gguf file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Passages: plain text (one a line) or JSONL; `-` reads stdin.
+    #[arg(long)]
+    pub input: String,
+    /// Where to write the embeddings: `.npy` (float32 [N, D]) or `.jsonl`.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Input layout (by default from the extension: .jsonl is JSONL).
+    #[arg(long, value_enum, default_value_t = InputFormat::Auto)]
+    pub format: InputFormat,
+    /// The JSONL field holding the text.
+    #[arg(long, default_value = "text")]
+    pub text_field: String,
+    /// Drop empty passages instead of refusing the input.
+    #[arg(long)]
+    pub skip_empty: bool,
+    /// Pooling of the hidden states.
+    #[arg(long, value_enum, default_value_t = PoolingArg::Mean)]
+    pub pooling: PoolingArg,
+    /// Attention mask.
+    #[arg(long, value_enum, default_value_t = AttentionArg::Causal)]
+    pub attention: AttentionArg,
+    /// Longest passage in tokens; longer ones are truncated (and counted).
+    #[arg(long, default_value_t = 512)]
+    pub max_length: usize,
+    /// L2-normalise the embeddings.
+    #[arg(long)]
+    pub normalize: bool,
+    /// Most passages per forward pass (default: limited by --max-batch-tokens only).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Most tokens per forward pass (passages are packed, no padding).
+    #[arg(long, default_value_t = 8192)]
+    pub max_batch_tokens: usize,
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// Runs the command.
+pub fn run(args: &Args) -> Result<()> {
+    if args.max_length == 0 || args.max_batch_tokens == 0 || args.batch_size == Some(0) {
+        bail!("--max-length, --max-batch-tokens and --batch-size must be at least 1");
+    }
+    let device = Device::parse(&args.device)?;
+    if device != Device::Cpu {
+        // The CUDA kernels exist in the tensor core; the layers do not route
+        // through them yet, so refuse rather than silently run on the CPU.
+        device.check()?;
+        bail!(
+            "--device {device}: the model layers do not run on CUDA yet (the kernels do: \
+             see docs/architecture.md); use --device cpu"
+        );
+    }
+    let pooling = match args.pooling {
+        PoolingArg::Mean => Pooling::Mean,
+        PoolingArg::Last => Pooling::LastToken,
+        PoolingArg::Memory => bail!(
+            "--pooling memory needs an LLM2Comp adapter with memory tokens (written by \
+             `llm2comp pretrain`); a base model has none: use mean or last"
+        ),
+    };
+    let input = texts::read(&args.input, args.format, &args.text_field, args.skip_empty)?;
+    let start = Instant::now();
+    let tokenizer = model::load_tokenizer(&args.model)
+        .with_context(|| format!("loading the tokenizer of {}", args.model.display()))?;
+    let transformer = model::load_transformer(&args.model)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let vocab = transformer.config().vocab_size as u32;
+    let loaded = start.elapsed();
+
+    let mut seqs = Vec::with_capacity(input.texts.len());
+    let mut truncated = 0;
+    for (text, line) in input.texts.iter().zip(&input.lines) {
+        let mut ids = tokenizer
+            .encode(text, false)
+            .with_context(|| format!("{}: tokenizing line {line}", args.input))?;
+        if ids.is_empty() {
+            bail!("{}: line {line} produced no tokens", args.input);
+        }
+        if let Some(&bad) = ids.iter().find(|&&i| i >= vocab) {
+            bail!(
+                "{}: line {line}: token id {bad} is outside the model's vocabulary ({vocab}); \
+                 the tokenizer does not match the model",
+                args.input
+            );
+        }
+        if ids.len() > args.max_length {
+            ids.truncate(args.max_length);
+            truncated += 1;
+        }
+        seqs.push(ids);
+    }
+    let tokens: usize = seqs.iter().map(Vec::len).sum();
+
+    let opts = EmbedOptions {
+        pooling,
+        causal: args.attention == AttentionArg::Causal,
+        lora: false,
+        normalize: args.normalize,
+        token_budget: args.max_batch_tokens,
+        batch_size: args.batch_size,
+    };
+    let bar = if std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::new(seqs.len() as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:40}] {pos}/{len} passages ({per_sec}, eta {eta})",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
+        );
+        Some(b)
+    } else {
+        None
+    };
+    let embed_start = Instant::now();
+    let rows = Embedder::new(&transformer, opts).embed(&seqs, &mut |done| {
+        if let Some(b) = &bar {
+            b.set_position(done as u64);
+        }
+    })?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let secs = embed_start.elapsed().as_secs_f64();
+    write_embeddings(&args.output, &rows)?;
+
+    let dim = rows.first().map_or(0, Vec::len);
+    eprintln!(
+        "embedded {} passages ({tokens} tokens) in {secs:.2} s ({:.0} tokens/s; model loaded in \
+         {:.2} s) -> {} [{} x {dim}]",
+        rows.len(),
+        tokens as f64 / secs.max(1e-9),
+        loaded.as_secs_f64(),
+        args.output.display(),
+        rows.len()
+    );
+    if truncated > 0 {
+        eprintln!(
+            "note: {truncated} passage(s) were longer than --max-length {} tokens and were truncated",
+            args.max_length
+        );
+    }
+    if input.skipped_empty > 0 {
+        eprintln!(
+            "note: {} empty passage(s) were skipped",
+            input.skipped_empty
+        );
+    }
+    Ok(())
+}
