@@ -92,6 +92,8 @@ struct Raw {
     rms_norm_eps: Option<f64>,
     rope_theta: Option<f64>,
     rope_scaling: Option<Value>,
+    /// transformers ≥ 5 writes theta and scaling here instead.
+    rope_parameters: Option<Value>,
     max_position_embeddings: Option<usize>,
     tie_word_embeddings: Option<bool>,
     hidden_act: Option<String>,
@@ -102,6 +104,8 @@ struct Raw {
     bos_token_id: Option<Value>,
     eos_token_id: Option<Value>,
     torch_dtype: Option<String>,
+    /// transformers ≥ 5's name for `torch_dtype`.
+    dtype: Option<String>,
 }
 
 impl ModelConfig {
@@ -215,7 +219,14 @@ fn architecture(raw: &Raw, path: &Path) -> Result<Architecture> {
     }
 }
 
-fn rope_scaling(v: &Value, max_pos: usize, path: &Path) -> Result<Option<RopeScaling>> {
+/// The scaling described by `v`, a `rope_scaling` (or `rope_parameters`,
+/// named by `field`) object; `None` for plain RoPE.
+fn rope_scaling(
+    v: &Value,
+    field: &str,
+    max_pos: usize,
+    path: &Path,
+) -> Result<Option<RopeScaling>> {
     if v.is_null() {
         return Ok(None);
     }
@@ -223,14 +234,14 @@ fn rope_scaling(v: &Value, max_pos: usize, path: &Path) -> Result<Option<RopeSca
         .get("rope_type")
         .or_else(|| v.get("type"))
         .and_then(Value::as_str)
-        .ok_or_else(|| invalid(path, "`rope_scaling` has no `rope_type`"))?;
+        .ok_or_else(|| invalid(path, format!("`{field}` has no `rope_type`")))?;
     match kind {
         "default" => return Ok(None),
         "llama3" => {}
         other => {
             return Err(unsupported(
                 path,
-                format!("rope_scaling type `{other}` (only `llama3` is implemented)"),
+                format!("{field} type `{other}` (only `llama3` is implemented)"),
             ));
         }
     }
@@ -238,7 +249,7 @@ fn rope_scaling(v: &Value, max_pos: usize, path: &Path) -> Result<Option<RopeSca
         v.get(key)
             .and_then(Value::as_f64)
             .filter(|x| x.is_finite() && *x > 0.0)
-            .ok_or_else(|| invalid(path, format!("rope_scaling `{key}` missing or not > 0")))
+            .ok_or_else(|| invalid(path, format!("{field} `{key}` missing or not > 0")))
     };
     let s = RopeScaling {
         factor: num("factor")?,
@@ -254,12 +265,72 @@ fn rope_scaling(v: &Value, max_pos: usize, path: &Path) -> Result<Option<RopeSca
         return Err(invalid(
             path,
             format!(
-                "rope_scaling high_freq_factor {} must exceed low_freq_factor {}",
+                "{field} high_freq_factor {} must exceed low_freq_factor {}",
                 s.high_freq_factor, s.low_freq_factor
             ),
         ));
     }
     Ok(Some(s))
+}
+
+/// RoPE base and scaling: from `rope_parameters` (transformers ≥ 5, which
+/// writes no top-level `rope_theta`) or the older `rope_theta` and
+/// `rope_scaling`. Ignoring the new field would silently run base 10000
+/// without scaling. Where both spellings are present they must agree.
+fn rope(raw: &Raw, max_pos: usize, path: &Path) -> Result<(f64, Option<RopeScaling>)> {
+    let legacy = match &raw.rope_scaling {
+        Some(v) => rope_scaling(v, "rope_scaling", max_pos, path)?,
+        None => None,
+    };
+    let (theta, scaling) = match raw.rope_parameters.as_ref().filter(|v| !v.is_null()) {
+        None => (raw.rope_theta.unwrap_or(10_000.0), legacy),
+        Some(p) => {
+            if !p.is_object() || (p.get("rope_type").is_none() && p.get("type").is_none()) {
+                return Err(unsupported(
+                    path,
+                    "`rope_parameters` without a `rope_type` (per-layer-type RoPE)",
+                ));
+            }
+            if let Some(f) = p.get("partial_rotary_factor").and_then(Value::as_f64)
+                && f != 1.0
+            {
+                return Err(unsupported(
+                    path,
+                    format!("rope_parameters partial_rotary_factor {f} (only 1.0)"),
+                ));
+            }
+            let theta = match (p.get("rope_theta"), raw.rope_theta) {
+                (Some(t), legacy_theta) => {
+                    let t = t.as_f64().ok_or_else(|| {
+                        invalid(path, "rope_parameters `rope_theta` is not a number")
+                    })?;
+                    if legacy_theta.is_some_and(|l| l != t) {
+                        return Err(invalid(
+                            path,
+                            format!(
+                                "rope_theta {} disagrees with rope_parameters rope_theta {t}",
+                                legacy_theta.unwrap_or_default()
+                            ),
+                        ));
+                    }
+                    t
+                }
+                (None, legacy_theta) => legacy_theta.unwrap_or(10_000.0),
+            };
+            let scaling = rope_scaling(p, "rope_parameters", max_pos, path)?;
+            if raw.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) && legacy != scaling {
+                return Err(invalid(path, "rope_scaling disagrees with rope_parameters"));
+            }
+            (theta, scaling)
+        }
+    };
+    if !(theta.is_finite() && theta > 0.0) {
+        return Err(invalid(
+            path,
+            format!("rope_theta must be > 0, found {theta}"),
+        ));
+    }
+    Ok((theta, scaling))
 }
 
 /// A token id or a list of them (`eos_token_id` is either).
@@ -348,17 +419,7 @@ fn validate(raw: Raw, path: &Path) -> Result<ModelConfig> {
     };
     let max_position_embeddings =
         required(raw.max_position_embeddings, "max_position_embeddings", path)?;
-    let theta = raw.rope_theta.unwrap_or(10_000.0);
-    if !(theta.is_finite() && theta > 0.0) {
-        return Err(invalid(
-            path,
-            format!("rope_theta must be > 0, found {theta}"),
-        ));
-    }
-    let scaling = match &raw.rope_scaling {
-        Some(v) => rope_scaling(v, max_position_embeddings, path)?,
-        None => None,
-    };
+    let (theta, scaling) = rope(&raw, max_position_embeddings, path)?;
     let rms_norm_eps = raw.rms_norm_eps.unwrap_or(1e-6);
     if !(rms_norm_eps.is_finite() && rms_norm_eps > 0.0) {
         return Err(invalid(
@@ -405,6 +466,6 @@ fn validate(raw: Raw, path: &Path) -> Result<ModelConfig> {
         sliding_window,
         bos_token_id: bos.first().copied(),
         eos_token_ids,
-        torch_dtype: raw.torch_dtype,
+        torch_dtype: raw.torch_dtype.or(raw.dtype),
     })
 }

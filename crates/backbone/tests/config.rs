@@ -107,6 +107,83 @@ fn mistral_7b_window_refuses_longer_sequences_only() {
     );
 }
 
+/// transformers ≥ 5 writes `rope_parameters` (theta inside) and `dtype`, and
+/// no top-level `rope_theta`/`rope_scaling`: both must be read, or the model
+/// would silently run base 10000 without scaling.
+#[test]
+fn transformers_5_rope_parameters_are_read() {
+    use serde_json::json;
+    let c = smollm_with(|v| {
+        let o = v.as_object_mut().unwrap();
+        o.remove("rope_theta");
+        o.remove("rope_scaling");
+        o.remove("torch_dtype");
+        o.insert("dtype".into(), json!("float32"));
+        o.insert(
+            "rope_parameters".into(),
+            json!({"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192}),
+        );
+    })
+    .unwrap();
+    assert_eq!(c.rope.theta, 500_000.0);
+    let s = c.rope.scaling.expect("llama3 scaling from rope_parameters");
+    assert_eq!((s.factor, s.original_max_position_embeddings), (8.0, 8192));
+    assert_eq!(c.torch_dtype.as_deref(), Some("float32"));
+
+    let plain = smollm_with(|v| {
+        v.as_object_mut().unwrap().remove("rope_theta");
+        v["rope_parameters"] = json!({"rope_type": "default", "rope_theta": 1e6});
+    })
+    .unwrap();
+    assert_eq!((plain.rope.theta, plain.rope.scaling), (1e6, None));
+
+    // Both spellings, agreeing: accepted.
+    let both = smollm_with(|v| {
+        v["rope_parameters"] = json!({"rope_type": "default", "rope_theta": 100000.0})
+    })
+    .unwrap();
+    assert_eq!(both.rope.theta, 100_000.0);
+
+    let cases: Vec<Case> = vec![
+        (
+            Box::new(|v| v["rope_parameters"] = json!({"rope_type": "default", "rope_theta": 1e6})),
+            "disagrees with rope_parameters",
+        ),
+        (
+            Box::new(|v| {
+                v["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0,
+                    "low_freq_factor": 1.0, "high_freq_factor": 4.0});
+                v["rope_parameters"] = json!({"rope_type": "default", "rope_theta": 100000.0});
+            }),
+            "rope_scaling disagrees with rope_parameters",
+        ),
+        (
+            Box::new(|v| v["rope_parameters"] = json!({"rope_type": "yarn", "factor": 4.0})),
+            "unsupported: rope_parameters type `yarn`",
+        ),
+        (
+            Box::new(|v| {
+                v["rope_parameters"] =
+                    json!({"full_attention": {"rope_type": "default", "rope_theta": 1e4}})
+            }),
+            "per-layer-type RoPE",
+        ),
+        (
+            Box::new(|v| {
+                v["rope_parameters"] = json!({"rope_type": "default", "rope_theta": 100000.0,
+                    "partial_rotary_factor": 0.5})
+            }),
+            "partial_rotary_factor",
+        ),
+    ];
+    for (edit, want) in cases {
+        let e = err_text(smollm_with(edit));
+        assert!(e.contains(want), "wanted `{want}` in: {e}");
+    }
+}
+
 #[test]
 fn unsupported_options_are_refused_by_name() {
     use serde_json::json;
