@@ -92,10 +92,14 @@
 //
 // Global offsets are computed in 64 bits: T * H * D may exceed 2^31.
 
+// kernels/emu/attention_emu.cpp compiles this file on the host with its own
+// definitions of the PTX wrappers below (a fiber-per-thread emulation of the
+// warp-level instructions), to test the fragment logic without a GPU.
+#ifndef ATTN_HOST_EMU
 #include <cuda_bf16.h>
 #include <stdint.h>
-
 typedef __nv_bfloat16 bf16;
+#endif
 
 #define LOG2E_F 1.4426950408889634f
 #define LN2_F 0.6931471805599453f
@@ -154,6 +158,7 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     return *reinterpret_cast<uint32_t*>(&v);
 }
 
+#ifndef ATTN_HOST_EMU
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
     return (uint32_t)__cvta_generic_to_shared(p);
 }
@@ -194,6 +199,8 @@ __device__ __forceinline__ void cp_async_commit() {
 template <int N> __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
+
+#endif  // ATTN_HOST_EMU
 
 // Stages rows row0 .. row0+R-1 of head `head` of a [T, H, D] bf16 tensor into a
 // [R][D+8] shared tile (async); rows at or past `end` become zeros.
