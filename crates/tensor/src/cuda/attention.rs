@@ -10,14 +10,18 @@
 //! The host does the sequence bookkeeping: `cu_seqlens` becomes a table of
 //! 64-row tiles (start, sequence start, sequence end), one CTA each, sorted
 //! longest-work first so the causal tail does not run alone at the end.
+//! Host tables and scratch (delta, the f32 dq accumulator) are dropped right
+//! after the launches: the device's single stream orders the frees after the
+//! kernels (see `cuda::alloc`).
 
 use crate::cpu::dropout::keep_threshold;
-use crate::cuda::{self, CudaDevice, modules};
-use crate::ops::attention::{AttentionGrads, AttentionKernel as Kernel, AttentionOpts, AttentionOut};
+use crate::cuda::{self, modules};
+use crate::ops::attention::{
+    AttentionGrads, AttentionKernel as Kernel, AttentionOpts, AttentionOut,
+};
 use crate::{DType, Result, Tensor, TensorError};
 use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
 use cudarc::driver::{CudaFunction, PushKernelArg};
-use std::sync::Arc;
 
 const OP: &str = "attention";
 /// Rows per tile of the MMA kernels (query tiles forward, key tiles backward).
@@ -143,8 +147,11 @@ fn bwd_smem(d: usize) -> u32 {
 
 /// Allows `bytes` of dynamic shared memory (beyond the default 48 KiB).
 fn allow_smem(f: &CudaFunction, bytes: u32) -> Result<()> {
-    f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
-        .map_err(cuda::launch_err(OP))
+    f.set_attribute(
+        CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        bytes as i32,
+    )
+    .map_err(cuda::launch_err(OP))
 }
 
 /// Blocks of [`THREADS`] for one warp per row.
@@ -203,9 +210,12 @@ pub(crate) fn forward(
     match kernel {
         Kernel::Mma => {
             let causal_b = opts.causal;
-            let tiles = tile_table(cu_seqlens, |t0, s0, s1| {
-                if causal_b { t0 + TILE - s0 } else { s1 - s0 }
-            });
+            let tiles = tile_table(
+                cu_seqlens,
+                |t0, s0, s1| {
+                    if causal_b { t0 + TILE - s0 } else { s1 - s0 }
+                },
+            );
             let n_tiles = (tiles.len() / 3) as u32;
             let tiles_buf = dev.upload(&tiles)?;
             let tp = tiles_buf.ptr();
@@ -215,12 +225,15 @@ pub(crate) fn forward(
             let scale_log2 = opts.scale * std::f32::consts::LOG2_E;
             let mut b = dev.stream().launch_builder(&f);
             b.arg(&qp).arg(&kp).arg(&vp).arg(&op).arg(&lp).arg(&tp);
-            b.arg(&t32).arg(&hq32).arg(&hkv32).arg(&scale_log2).arg(&causal);
+            b.arg(&t32)
+                .arg(&hq32)
+                .arg(&hkv32)
+                .arg(&scale_log2)
+                .arg(&causal);
             b.arg(&drop.seed).arg(&drop.offset).arg(&drop.thr);
             b.arg(&drop.inv_keep).arg(&drop.on);
             unsafe { b.launch(cuda::cfg((n_tiles, hq as u32, 1), THREADS, smem)) }
                 .map_err(cuda::launch_err(OP))?;
-            drop_after_stream(&dev, tiles_buf);
         }
         Kernel::Simple | Kernel::Auto => {
             let cu = dev.upload(&cu_i32(cu_seqlens))?;
@@ -228,13 +241,23 @@ pub(crate) fn forward(
             let name = format!("attention_fwd_simple_{}", suffix(dtype));
             let f = dev.function(&modules::ATTENTION, &name)?;
             let mut b = dev.stream().launch_builder(&f);
-            b.arg(&qp).arg(&kp).arg(&vp).arg(&op).arg(&lp).arg(&cp).arg(&nseq);
-            b.arg(&t32).arg(&hq32).arg(&hkv32).arg(&d32).arg(&opts.scale).arg(&causal);
+            b.arg(&qp)
+                .arg(&kp)
+                .arg(&vp)
+                .arg(&op)
+                .arg(&lp)
+                .arg(&cp)
+                .arg(&nseq);
+            b.arg(&t32)
+                .arg(&hq32)
+                .arg(&hkv32)
+                .arg(&d32)
+                .arg(&opts.scale)
+                .arg(&causal);
             b.arg(&drop.seed).arg(&drop.offset).arg(&drop.thr);
             b.arg(&drop.inv_keep).arg(&drop.on);
             unsafe { b.launch(cuda::cfg(warp_grid(t * hq), THREADS, 0)) }
                 .map_err(cuda::launch_err(OP))?;
-            drop_after_stream(&dev, cu);
         }
     }
     Ok(AttentionOut { o, lse })
@@ -287,15 +310,23 @@ pub(crate) fn backward(
         &format!("attention_bwd_delta_{}", suffix(dtype)),
     )?;
     let mut b = dev.stream().launch_builder(&f);
-    b.arg(&dop).arg(&opp).arg(&deltap).arg(&t32).arg(&hq32).arg(&d32);
+    b.arg(&dop)
+        .arg(&opp)
+        .arg(&deltap)
+        .arg(&t32)
+        .arg(&hq32)
+        .arg(&d32);
     unsafe { b.launch(cuda::cfg(warp_grid(t * hq), THREADS, 0)) }.map_err(cuda::launch_err(OP))?;
 
     let dq = match kernel {
         Kernel::Mma => {
             let causal_b = opts.causal;
-            let tiles = tile_table(cu_seqlens, |k0, s0, s1| {
-                if causal_b { s1 - k0 } else { s1 - s0 }
-            });
+            let tiles = tile_table(
+                cu_seqlens,
+                |k0, s0, s1| {
+                    if causal_b { s1 - k0 } else { s1 - s0 }
+                },
+            );
             let n_tiles = (tiles.len() / 3) as u32;
             let tiles_buf = dev.upload(&tiles)?;
             let tp = tiles_buf.ptr();
@@ -306,14 +337,24 @@ pub(crate) fn backward(
             allow_smem(&f, smem)?;
             let scale_log2 = opts.scale * std::f32::consts::LOG2_E;
             let mut b = dev.stream().launch_builder(&f);
-            b.arg(&qp).arg(&kp).arg(&vp).arg(&dop).arg(&lp).arg(&deltap).arg(&accp);
-            b.arg(&dkp).arg(&dvp).arg(&tp).arg(&t32).arg(&hq32).arg(&hkv32);
+            b.arg(&qp)
+                .arg(&kp)
+                .arg(&vp)
+                .arg(&dop)
+                .arg(&lp)
+                .arg(&deltap)
+                .arg(&accp);
+            b.arg(&dkp)
+                .arg(&dvp)
+                .arg(&tp)
+                .arg(&t32)
+                .arg(&hq32)
+                .arg(&hkv32);
             b.arg(&opts.scale).arg(&scale_log2).arg(&causal);
             b.arg(&drop.seed).arg(&drop.offset).arg(&drop.thr);
             b.arg(&drop.inv_keep).arg(&drop.on);
             unsafe { b.launch(cuda::cfg((n_tiles, hkv as u32, 1), THREADS, smem)) }
                 .map_err(cuda::launch_err(OP))?;
-            drop_after_stream(&dev, tiles_buf);
 
             let dq = Tensor::empty(q.shape(), dtype, dev_of)?;
             let dqp = ptr(&dq, "dq")?;
@@ -323,8 +364,6 @@ pub(crate) fn backward(
             b.arg(&accp).arg(&dqp).arg(&n);
             let blocks = (acc.numel().div_ceil(THREADS as usize)).min(65_535) as u32;
             unsafe { b.launch(cuda::cfg(blocks, THREADS, 0)) }.map_err(cuda::launch_err(OP))?;
-            // acc (a Tensor) frees stream-ordered like the other buffers.
-            dev.synchronize()?;
             dq
         }
         Kernel::Simple | Kernel::Auto => {
@@ -333,35 +372,112 @@ pub(crate) fn backward(
             let dq = Tensor::empty(q.shape(), dtype, dev_of)?;
             let dqp = ptr(&dq, "dq")?;
             let sfx = suffix(dtype);
-            let f = dev.function(&modules::ATTENTION, &format!("attention_bwd_simple_dq_{sfx}"))?;
+            let f = dev.function(
+                &modules::ATTENTION,
+                &format!("attention_bwd_simple_dq_{sfx}"),
+            )?;
             let mut b = dev.stream().launch_builder(&f);
-            b.arg(&qp).arg(&kp).arg(&vp).arg(&dop).arg(&lp).arg(&deltap).arg(&dqp);
-            b.arg(&cp).arg(&nseq).arg(&t32).arg(&hq32).arg(&hkv32).arg(&d32);
+            b.arg(&qp)
+                .arg(&kp)
+                .arg(&vp)
+                .arg(&dop)
+                .arg(&lp)
+                .arg(&deltap)
+                .arg(&dqp);
+            b.arg(&cp)
+                .arg(&nseq)
+                .arg(&t32)
+                .arg(&hq32)
+                .arg(&hkv32)
+                .arg(&d32);
             b.arg(&opts.scale).arg(&causal);
             b.arg(&drop.seed).arg(&drop.offset).arg(&drop.thr);
             b.arg(&drop.inv_keep).arg(&drop.on);
             unsafe { b.launch(cuda::cfg(warp_grid(t * hq), THREADS, 0)) }
                 .map_err(cuda::launch_err(OP))?;
-            let f = dev.function(&modules::ATTENTION, &format!("attention_bwd_simple_dkv_{sfx}"))?;
+            let f = dev.function(
+                &modules::ATTENTION,
+                &format!("attention_bwd_simple_dkv_{sfx}"),
+            )?;
             let mut b = dev.stream().launch_builder(&f);
-            b.arg(&qp).arg(&kp).arg(&vp).arg(&dop).arg(&lp).arg(&deltap).arg(&dkp).arg(&dvp);
-            b.arg(&cp).arg(&nseq).arg(&t32).arg(&hq32).arg(&hkv32).arg(&d32);
+            b.arg(&qp)
+                .arg(&kp)
+                .arg(&vp)
+                .arg(&dop)
+                .arg(&lp)
+                .arg(&deltap)
+                .arg(&dkp)
+                .arg(&dvp);
+            b.arg(&cp)
+                .arg(&nseq)
+                .arg(&t32)
+                .arg(&hq32)
+                .arg(&hkv32)
+                .arg(&d32);
             b.arg(&opts.scale).arg(&causal);
             b.arg(&drop.seed).arg(&drop.offset).arg(&drop.thr);
             b.arg(&drop.inv_keep).arg(&drop.on);
             unsafe { b.launch(cuda::cfg(warp_grid(t * hkv), THREADS, 0)) }
                 .map_err(cuda::launch_err(OP))?;
-            drop_after_stream(&dev, cu);
             dq
         }
     };
-    drop(delta);
     Ok(AttentionGrads { dq, dk, dv })
 }
 
-/// Keeps a host-built table alive until the kernels that read it have run.
-fn drop_after_stream<B>(dev: &Arc<CudaDevice>, buf: B) {
-    // Frees are not known to be stream-ordered for every buffer type, so wait.
-    let _ = dev.synchronize();
-    drop(buf);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tile_table_covers_every_sequence_heaviest_first() {
+        let cu = [0u32, 1, 1, 130, 200];
+        let t = tile_table(&cu, |t0, s0, _| t0 + TILE - s0);
+        let tiles: Vec<[i32; 3]> = t.chunks(3).map(|c| [c[0], c[1], c[2]]).collect();
+        let mut sorted = tiles.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            vec![
+                [0, 0, 1],
+                [1, 1, 130],
+                [65, 1, 130],
+                [129, 1, 130],
+                [130, 130, 200],
+                [194, 130, 200],
+            ]
+        );
+        // Work t0 + 64 − s0 decreases along the table.
+        let work: Vec<i32> = tiles.iter().map(|x| x[0] + 64 - x[1]).collect();
+        assert!(work.windows(2).all(|w| w[0] >= w[1]), "{work:?}");
+    }
+
+    #[test]
+    fn shared_memory_sizes_mirror_the_kernels() {
+        // K, V [64][D+8] bf16 forward; backward adds Q, dO [BR][D+8], dS [BR][72], lse, delta.
+        assert_eq!(fwd_smem(128), 34_816);
+        assert_eq!(bwd_smem(128), 57_088);
+        assert_eq!(bwd_smem(64), 46_592);
+    }
+
+    #[test]
+    fn kernel_choice_follows_dtype_and_head_dim() {
+        if simple_forced() {
+            return;
+        }
+        assert_eq!(
+            resolve(Kernel::Auto, DType::BF16, 128).unwrap(),
+            Kernel::Mma
+        );
+        assert_eq!(
+            resolve(Kernel::Auto, DType::BF16, 96).unwrap(),
+            Kernel::Simple
+        );
+        assert_eq!(
+            resolve(Kernel::Auto, DType::F32, 64).unwrap(),
+            Kernel::Simple
+        );
+        assert!(resolve(Kernel::Mma, DType::F32, 64).is_err());
+        assert!(resolve(Kernel::Simple, DType::BF16, 264).is_err());
+    }
 }

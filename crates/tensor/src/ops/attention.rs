@@ -233,7 +233,17 @@ pub fn backward(
     cu_seqlens: &[u32],
     opts: &AttentionOpts,
 ) -> Result<AttentionGrads> {
-    backward_with(dout, q, k, v, o, lse, cu_seqlens, opts, AttentionKernel::Auto)
+    backward_with(
+        dout,
+        q,
+        k,
+        v,
+        o,
+        lse,
+        cu_seqlens,
+        opts,
+        AttentionKernel::Auto,
+    )
 }
 
 /// [`backward`] with an explicit CUDA kernel set (tests and benchmarks).

@@ -1,5 +1,8 @@
-//! GPU tests: every CUDA op against its CPU reference on random inputs. Each
-//! test prints `SKIPPED (no CUDA device)` and passes where there is no GPU.
+//! GPU tests: every CUDA kernel against the CPU reference on fresh random
+//! inputs. One test target so the GPU machine runs one executable; each
+//! family has its own module. Without a CUDA device every test prints
+//! `SKIPPED (no CUDA device)` and returns.
 
 mod attention;
 mod common;
+mod core;
