@@ -13,6 +13,7 @@
 //! an error that says what is missing instead.
 
 mod alloc;
+pub mod attention;
 pub mod cast;
 pub mod linear_kl;
 pub mod linear_xent;

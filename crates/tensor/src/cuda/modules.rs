@@ -43,3 +43,8 @@ pub const RESIDUAL: Module = Module::new(
     "residual",
     include_str!("../../../../kernels/ptx/residual.ptx"),
 );
+/// Packed varlen attention (FlashAttention-2 MMA and simple kernels).
+pub const ATTENTION: Module = Module::new(
+    "attention",
+    include_str!("../../../../kernels/ptx/attention.ptx"),
+);

@@ -6,7 +6,7 @@
 //! without bounds surprises. The CUDA backend uploads it.
 
 use crate::ops::dropout::DropoutMask;
-use crate::{DType, Device, Result, Tensor, TensorError, cpu};
+use crate::{DType, Device, Result, Tensor, TensorError, cpu, cuda};
 
 const OP: &str = "attention";
 
@@ -30,6 +30,20 @@ impl AttentionOpts {
             dropout: None,
         }
     }
+}
+
+/// Which CUDA kernel set runs attention (ignored on CPU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// The FlashAttention-2 tensor-core kernels where they apply (bf16, head_dim
+    /// 64 or 128), else the simple ones; always simple when the environment
+    /// has `LLM2COMP_ATTN_SIMPLE=1`.
+    Auto,
+    /// The tensor-core kernels; an error where they do not apply.
+    Mma,
+    /// The warp-per-row f32-math kernels (bf16 or f32, head_dim <= 256): slow,
+    /// and simple enough to trust when checking the tensor-core ones.
+    Simple,
 }
 
 /// What forward returns: the output and the row log-sum-exp backward needs.
@@ -109,10 +123,13 @@ fn check(
             ));
         }
     }
-    for (what, x) in [("q", q), ("k", k), ("v", v)] {
-        x.expect_dtype(OP, what, DType::F32)?;
-    }
     crate::ops::same_device(OP, &[q, k, v])?;
+    // CUDA takes bf16 or f32 (checked by its launcher); the CPU kernels f32.
+    if q.device() == Device::Cpu {
+        for (what, x) in [("q", q), ("k", k), ("v", v)] {
+            x.expect_dtype(OP, what, DType::F32)?;
+        }
+    }
     Ok((t, hq, hkv, d))
 }
 
@@ -165,8 +182,29 @@ pub fn forward(
     cu_seqlens: &[u32],
     opts: &AttentionOpts,
 ) -> Result<AttentionOut> {
+    forward_with(q, k, v, cu_seqlens, opts, AttentionKernel::Auto)
+}
+
+/// [`forward`] with an explicit CUDA kernel set (tests and benchmarks).
+pub fn forward_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cu_seqlens: &[u32],
+    opts: &AttentionOpts,
+    kernel: AttentionKernel,
+) -> Result<AttentionOut> {
     let (t, hq, hkv, d) = check(q, k, v, cu_seqlens, opts)?;
     match q.device() {
+        Device::Cuda(_) => {
+            let dims = cuda::attention::Dims {
+                tokens: t,
+                q_heads: hq,
+                kv_heads: hkv,
+                head_dim: d,
+            };
+            cuda::attention::forward(q, k, v, cu_seqlens, opts, dims, kernel)
+        }
         Device::Cpu => {
             let mut o = Tensor::zeros(q.shape(), DType::F32, Device::Cpu);
             let mut lse = Tensor::zeros(&[hq, t], DType::F32, Device::Cpu);
@@ -180,7 +218,6 @@ pub fn forward(
             );
             Ok(AttentionOut { o, lse })
         }
-        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
     }
 }
 
@@ -196,15 +233,52 @@ pub fn backward(
     cu_seqlens: &[u32],
     opts: &AttentionOpts,
 ) -> Result<AttentionGrads> {
+    backward_with(
+        dout,
+        q,
+        k,
+        v,
+        o,
+        lse,
+        cu_seqlens,
+        opts,
+        AttentionKernel::Auto,
+    )
+}
+
+/// [`backward`] with an explicit CUDA kernel set (tests and benchmarks).
+pub fn backward_with(
+    dout: &Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    o: &Tensor,
+    lse: &Tensor,
+    cu_seqlens: &[u32],
+    opts: &AttentionOpts,
+    kernel: AttentionKernel,
+) -> Result<AttentionGrads> {
     let (t, hq, hkv, d) = check(q, k, v, cu_seqlens, opts)?;
     dout.expect_shape(OP, "dout", q.shape())?;
     o.expect_shape(OP, "o", q.shape())?;
     lse.expect_shape(OP, "lse", &[hq, t])?;
-    for (what, x) in [("dout", dout), ("o", o), ("lse", lse)] {
-        x.expect_dtype(OP, what, DType::F32)?;
-    }
+    lse.expect_dtype(OP, "lse", DType::F32)?;
     crate::ops::same_device(OP, &[q, dout, o, lse])?;
+    if q.device() == Device::Cpu {
+        for (what, x) in [("dout", dout), ("o", o)] {
+            x.expect_dtype(OP, what, DType::F32)?;
+        }
+    }
     match q.device() {
+        Device::Cuda(_) => {
+            let dims = cuda::attention::Dims {
+                tokens: t,
+                q_heads: hq,
+                kv_heads: hkv,
+                head_dim: d,
+            };
+            cuda::attention::backward(dout, q, k, v, o, lse, cu_seqlens, opts, dims, kernel)
+        }
         Device::Cpu => {
             let mut dq = Tensor::zeros(q.shape(), DType::F32, Device::Cpu);
             let mut dk = Tensor::zeros(k.shape(), DType::F32, Device::Cpu);
@@ -223,7 +297,6 @@ pub fn backward(
             );
             Ok(AttentionGrads { dq, dk, dv })
         }
-        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
     }
 }
 

@@ -3,6 +3,7 @@
 //! family has its own module. Without a CUDA device every test prints
 //! `SKIPPED (no CUDA device)` and returns.
 
+mod attention;
 mod common;
 mod core;
 mod linear_xent;

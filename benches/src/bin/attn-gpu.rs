@@ -1,0 +1,82 @@
+//! CUDA attention throughput: forward and backward TFLOP/s of the MMA kernels
+//! at Hq = Hkv = 32, D = 128, bf16, for 8 × 512 and 2 × 4096 tokens, causal
+//! and bidirectional, timed with CUDA events on the op's stream (so the
+//! numbers compare with torch SDPA timed the same way). FLOPs follow the
+//! FlashAttention convention: forward 4·T·Hq·D·S_eff with S_eff the sequence
+//! length, halved when causal; backward 2.5 × forward. Prints one line per
+//! shape; prints `SKIPPED (no CUDA device)` and exits 0 without a GPU.
+
+use cudarc::driver::sys::CUevent_flags;
+use llm2comp_benches::random;
+use llm2comp_tensor::ops::attention::{self, AttentionOpts};
+use llm2comp_tensor::{DType, Device, Tensor, cuda};
+
+const HEADS: usize = 32;
+const D: usize = 128;
+const WARMUP: usize = 3;
+const ITERS: usize = 10;
+
+fn gpu(shape: &[usize], seed: u64, dev: Device) -> Tensor {
+    random(shape, 1.0, seed)
+        .to_dtype(DType::BF16)
+        .to_device(dev)
+        .expect("copy to GPU")
+}
+
+/// Milliseconds per call of `f`, from CUDA events around `ITERS` calls.
+fn time_ms(dev: &cuda::CudaDevice, mut f: impl FnMut()) -> f64 {
+    for _ in 0..WARMUP {
+        f();
+    }
+    let stream = dev.stream();
+    let start = stream
+        .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+        .expect("event");
+    for _ in 0..ITERS {
+        f();
+    }
+    let end = stream
+        .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+        .expect("event");
+    start.elapsed_ms(&end).expect("elapsed") as f64 / ITERS as f64
+}
+
+fn main() {
+    let cuda_dev = match cuda::device(0) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("SKIPPED (no CUDA device): {e}");
+            return;
+        }
+    };
+    let dev = Device::Cuda(0);
+    for (batch, seq) in [(8usize, 512usize), (2, 4096)] {
+        let t = batch * seq;
+        let cu: Vec<u32> = (0..=batch).map(|b| (b * seq) as u32).collect();
+        let q = gpu(&[t, HEADS, D], 1, dev);
+        let k = gpu(&[t, HEADS, D], 2, dev);
+        let v = gpu(&[t, HEADS, D], 3, dev);
+        let dout = gpu(&[t, HEADS, D], 4, dev);
+        for causal in [true, false] {
+            let opts = AttentionOpts::new(D, causal);
+            let out = attention::forward(&q, &k, &v, &cu, &opts).expect("forward");
+            let fwd_ms = time_ms(&cuda_dev, || {
+                attention::forward(&q, &k, &v, &cu, &opts).expect("forward");
+            });
+            let bwd_ms = time_ms(&cuda_dev, || {
+                attention::backward(&dout, &q, &k, &v, &out.o, &out.lse, &cu, &opts)
+                    .expect("backward");
+            });
+            let s_eff = if causal { seq as f64 / 2.0 } else { seq as f64 };
+            let fwd_flops = 4.0 * t as f64 * HEADS as f64 * D as f64 * s_eff;
+            let tflops = |flops: f64, ms: f64| flops / (ms * 1e-3) / 1e12;
+            println!(
+                "attn-gpu batch {batch} seq {seq} heads {HEADS} d {D} bf16 {}: \
+                 forward {fwd_ms:.3} ms {:.1} TFLOP/s, backward {bwd_ms:.3} ms {:.1} TFLOP/s",
+                if causal { "causal" } else { "bidirectional" },
+                tflops(fwd_flops, fwd_ms),
+                tflops(2.5 * fwd_flops, bwd_ms),
+            );
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! CUDA attention (both kernel sets) against the CPU op.
+//!
+//! The CPU gets the bf16-rounded inputs as f32, so the comparison measures
+//! only accumulation and output rounding. The batch packs sequences of 1, 7,
+//! 129, 512 and 2049 tokens: lengths below, at and across the 64-row tiles,
+//! and keys of other sequences next to every tile edge. Both kernel sets run
+//! on every case and all errors are printed before any assertion, so a GPU
+//! log tells whether the MMA kernels alone are wrong (harness, masking and
+//! hash are shared with the simple ones).
+
+use crate::common;
+use llm2comp_tensor::ops::attention::{
+    self, AttentionKernel, AttentionOpts, backward_with, forward_with,
+};
+use llm2comp_tensor::ops::dropout::DropoutMask;
+use llm2comp_tensor::{DType, Device, Tensor};
+
+const LENS: &[usize] = &[1, 7, 129, 512, 2049];
+
+fn cu_of(lens: &[usize]) -> Vec<u32> {
+    let mut cu = vec![0u32];
+    for &n in lens {
+        cu.push(cu.last().unwrap() + n as u32);
+    }
+    cu
+}
+
+struct Case {
+    lens: &'static [usize],
+    hq: usize,
+    hkv: usize,
+    d: usize,
+    causal: bool,
+    dropout: Option<DropoutMask>,
+    dtype: DType,
+}
+
+impl Case {
+    fn name(&self) -> String {
+        format!(
+            "{:?} d{} {}:{} {}{}",
+            self.dtype,
+            self.d,
+            self.hq,
+            self.hkv,
+            if self.causal { "causal" } else { "bidir" },
+            if self.dropout.is_some() {
+                " dropout"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+/// (o, lse, dq, dk, dv) on the CPU.
+fn cpu_run(c: &Case, x: &[Tensor; 4], cu: &[u32]) -> [Tensor; 5] {
+    let opts = AttentionOpts {
+        dropout: c.dropout,
+        ..AttentionOpts::new(c.d, c.causal)
+    };
+    let [q, k, v, dout] = x;
+    let out = attention::forward(q, k, v, cu, &opts).expect("cpu forward");
+    let g = attention::backward(dout, q, k, v, &out.o, &out.lse, cu, &opts).expect("cpu bwd");
+    [out.o, out.lse, g.dq, g.dk, g.dv]
+}
+
+/// Runs one kernel set; returns "name: errors" and whether it passed.
+fn gpu_check(
+    c: &Case,
+    kernel: AttentionKernel,
+    dev: Device,
+    x: &[Tensor; 4],
+    cu: &[u32],
+    want: &[Tensor; 5],
+) -> (String, bool) {
+    let opts = AttentionOpts {
+        dropout: c.dropout,
+        ..AttentionOpts::new(c.d, c.causal)
+    };
+    let [q, k, v, dout] = x.clone().map(|t| common::to_gpu(&t, c.dtype, dev));
+    let out = forward_with(&q, &k, &v, cu, &opts, kernel).expect("gpu forward");
+    let g = backward_with(&dout, &q, &k, &v, &out.o, &out.lse, cu, &opts, kernel)
+        .expect("gpu backward");
+    let got = [&out.o, &out.lse, &g.dq, &g.dk, &g.dv];
+    let (bound, lse_bound) = match c.dtype {
+        DType::F32 => (1e-4, 1e-5),
+        _ => (1e-2, 1e-3),
+    };
+    let mut ok = true;
+    let mut line = format!("attention {:?} {}:", kernel, c.name());
+    for (i, what) in ["o", "lse", "dq", "dk", "dv"].iter().enumerate() {
+        let b = if i == 1 { lse_bound } else { bound };
+        // rel_err is infinite when the GPU output holds a NaN (poison).
+        let e = common::rel_err(&common::to_cpu_f32(got[i]), &want[i]);
+        let finite = e.is_finite();
+        ok &= finite && e <= b;
+        line += &format!(
+            " {what} rel err {e:.2e} (bound {b:.0e}){}",
+            if finite { "" } else { " NaN!" }
+        );
+    }
+    (line, ok)
+}
+
+fn check(cases: &[Case], kernels: &[AttentionKernel]) {
+    let Some(dev) = common::cuda() else { return };
+    let mut failed = Vec::new();
+    for (i, c) in cases.iter().enumerate() {
+        let cu = cu_of(c.lens);
+        let t = *cu.last().unwrap() as usize;
+        let seed = 100 * i as u64 + c.d as u64;
+        // Rounded to the GPU dtype so the CPU reads the very same values.
+        let round = |t: Tensor| common::rounded(&t, c.dtype);
+        let x = [
+            round(common::randn(&[t, c.hq, c.d], seed)),
+            round(common::randn(&[t, c.hkv, c.d], seed + 1)),
+            round(common::randn(&[t, c.hkv, c.d], seed + 2)),
+            round(common::randn(&[t, c.hq, c.d], seed + 3)),
+        ];
+        let want = cpu_run(c, &x, &cu);
+        for &kernel in kernels {
+            let (line, ok) = gpu_check(c, kernel, dev, &x, &cu, &want);
+            eprintln!("{line}");
+            if !ok {
+                failed.push(line);
+            }
+        }
+    }
+    assert!(failed.is_empty(), "failed:\n{}", failed.join("\n"));
+}
+
+fn bf16_cases(d: usize, causal: bool) -> Vec<Case> {
+    [(4, 1), (2, 2)]
+        .into_iter()
+        .map(|(hq, hkv)| Case {
+            lens: LENS,
+            hq,
+            hkv,
+            d,
+            causal,
+            dropout: None,
+            dtype: DType::BF16,
+        })
+        .collect()
+}
+
+const BOTH: &[AttentionKernel] = &[AttentionKernel::Mma, AttentionKernel::Simple];
+
+#[test]
+fn attention_bf16_d64_causal() {
+    check(&bf16_cases(64, true), BOTH);
+}
+
+#[test]
+fn attention_bf16_d64_bidirectional() {
+    check(&bf16_cases(64, false), BOTH);
+}
+
+#[test]
+fn attention_bf16_d128_causal() {
+    check(&bf16_cases(128, true), BOTH);
+}
+
+#[test]
+fn attention_bf16_d128_bidirectional() {
+    check(&bf16_cases(128, false), BOTH);
+}
+
+#[test]
+fn attention_bf16_dropout_drops_what_the_cpu_drops() {
+    let dropout = Some(DropoutMask {
+        p: 0.1,
+        seed: 0x5eed,
+        offset: 12_345,
+    });
+    let cases = [Case {
+        lens: LENS,
+        hq: 4,
+        hkv: 1,
+        d: 128,
+        causal: true,
+        dropout,
+        dtype: DType::BF16,
+    }];
+    check(&cases, BOTH);
+}
+
+#[test]
+fn attention_f32_runs_the_simple_kernels() {
+    let cases = [false, true].map(|causal| Case {
+        lens: &[1, 7, 129, 300],
+        hq: 4,
+        hkv: 2,
+        d: 64,
+        causal,
+        dropout: None,
+        dtype: DType::F32,
+    });
+    // Auto must pick the simple kernels for f32.
+    check(&cases, &[AttentionKernel::Auto]);
+}
+
+#[test]
+fn attention_mma_rejects_what_it_cannot_run() {
+    let Some(dev) = common::cuda() else { return };
+    let cu = [0u32, 5];
+    let opts = AttentionOpts::new(64, true);
+    let q = common::to_gpu(&common::randn(&[5, 2, 64], 1), DType::F32, dev);
+    let e = forward_with(&q, &q, &q, &cu, &opts, AttentionKernel::Mma).unwrap_err();
+    assert!(e.to_string().contains("bf16"), "{e}");
+    let q = common::to_gpu(&common::randn(&[5, 2, 96], 1), DType::BF16, dev);
+    let opts = AttentionOpts::new(96, true);
+    let e = forward_with(&q, &q, &q, &cu, &opts, AttentionKernel::Mma).unwrap_err();
+    assert!(e.to_string().contains("head_dim"), "{e}");
+    // Auto falls back to the simple kernels for D = 96.
+    assert!(forward_with(&q, &q, &q, &cu, &opts, AttentionKernel::Auto).is_ok());
+    let q = common::to_gpu(&common::randn(&[5, 1, 264], 1), DType::BF16, dev);
+    let opts = AttentionOpts::new(264, false);
+    let e = attention::forward(&q, &q, &q, &cu, &opts).unwrap_err();
+    assert!(e.to_string().contains("head_dim <= 256"), "{e}");
+    eprintln!("attention_mma_rejects_what_it_cannot_run: ok");
+}

@@ -1,0 +1,845 @@
+// Scaled dot-product attention over packed variable-length sequences, CUDA.
+//
+// CONTRACT (same as crates/tensor/src/cpu/attention.rs, the reference)
+//   q [T, Hq, D], k and v [T, Hkv, D], o [T, Hq, D]: row-major, token-major.
+//   Hq is a multiple of Hkv (GQA): query head h reads kv head h / (Hq / Hkv).
+//   Sequences are token ranges [cu[b], cu[b+1]); a query only sees keys of
+//   its own sequence, and with `causal` only keys j <= i (global indices).
+//   lse [Hq, T] f32 = ln sum_j exp(scale * q_i . k_j) over the visible keys
+//   (undropped). Every query row sees at least itself, so lse is finite; a
+//   row with no key (unreachable) would get o = 0 and lse = -inf.
+//   Dropout (PyTorch SDPA semantics): o = dropout(P) V with P the softmax;
+//   P[h, i, j] is kept iff hash_u32(seed, offset + (h*T + i)*T + j) < thr,
+//   kept values are scaled by inv_keep = 1/(1-p): the SplitMix64 hash and
+//   index of cpu/dropout.rs and cpu::attention::dropout_index, so CPU and GPU
+//   drop the same elements. thr and inv_keep are computed on the host.
+//   Backward: delta[h, i] = dO_i . O_i, then dS = P * (dP * f - delta) with
+//   dP = dO V^T and f the dropout factor (1 without dropout); dV = (P f)^T dO,
+//   dK = scale dS^T Q, dQ = scale dS K. dK and dV of a kv head sum over the
+//   Hq/Hkv query heads of its group.
+//   Statistics (lse, delta) and the dq accumulator are f32; the MMA kernels
+//   take bf16 q/k/v/o/dout and write bf16 o/dk/dv (f32 accumulation).
+//
+// TWO IMPLEMENTATIONS
+//   *_mma_d{64,128}: FlashAttention-2 on tensor cores (bf16 only).
+//   *_simple_{bf16,f32}: one warp per query (or key) row, f32 scalar math,
+//     lanes split the head dimension (D <= 256), no shared memory. Obviously
+//     correct and slow; the launcher uses them when LLM2COMP_ATTN_SIMPLE=1, for
+//     f32 tensors and for head dims the MMA kernels do not instantiate, and the
+//     GPU tests run both, so a failure localises to the MMA code or not.
+//
+// MMA FORWARD (attention_fwd_mma_d*)
+//   Grid (tiles, Hq), 128 threads = 4 warps. A tile is 64 query rows of one
+//   sequence, given by the host table tiles[3*t..] = (q0, seq_start, seq_end)
+//   (sorted so that the longest tiles start first). Warp w owns query rows
+//   q0+16w .. q0+16w+15, and keeps its Q fragments in registers (read once from
+//   global memory). The CTA walks key tiles of 64 rows from seq_start to
+//   seq_end (causal: up to the tile's last query, so tiles entirely above the
+//   diagonal are never visited); K and V tiles are staged in shared memory by
+//   cp.async (rows padded by 8 bf16 so ldmatrix rows hit distinct banks; rows
+//   past seq_end are zero-filled), the next K tile loads while P V runs.
+//   S = Q K^T and O += P V use mma.m16n8k16 (bf16 in, f32 accumulate); the
+//   online softmax runs in registers in the log2 domain (scale * log2 e folded
+//   into one multiplier, exp2f); row sums stay per-thread partial and are
+//   reduced across the 4 threads of a row at the end.
+//
+// MMA BACKWARD (attention_bwd_delta_*, attention_bwd_mma_d*, attention_dq_cast_bf16)
+//   delta = rowsum(dO o O) first (one warp per row). Then grid (key tiles,
+//   Hkv), 4 warps: a CTA owns 64 keys of one sequence and kv head g, keeps its
+//   K and V tiles in shared memory, and loops over the group's query heads and
+//   the query tiles of BR rows (BR = 32 for D = 128, 64 for D = 64, to bound
+//   registers; causal: from the tile holding the CTA's first key). Warp w owns
+//   keys 16w..16w+15 and computes the transposed tiles S^T = K Q^T and
+//   dP^T = V dO^T (16 keys x BR queries), rebuilds P^T = exp2(S^T*scale*log2e
+//   - lse*log2e), forms dS^T, and accumulates dV += (P f)^T dO and
+//   dK += dS^T Q in registers (f32) across all query tiles and heads: no
+//   atomics for dK, dV. dQ = dS K needs sums over all 64 keys, i.e. across
+//   warps: dS is written to shared memory (bf16, [query][key]), then warp w
+//   computes a 16 x 64 block of dQ (rows 16*(w % (BR/16)), columns
+//   64*(w / (BR/16))) and atomically adds it into the f32 accumulator
+//   dq_acc [T, Hq, D] (zeroed by the launcher); attention_dq_cast_bf16 turns
+//   it into bf16.
+//
+// FRAGMENT LAYOUT (PTX ISA, mma.m16n8k16 with .bf16; lane = 0..31,
+//   gid = lane >> 2, tig = lane & 3; a register holds two bf16, the lower
+//   column / lower k index in the low 16 bits)
+//   A (16x16, row-major): a0 = A[gid][2tig, 2tig+1], a1 = A[gid+8][2tig, ..],
+//                         a2 = A[gid][2tig+8, ..],   a3 = A[gid+8][2tig+8, ..]
+//   B (16x8, "col"):      b0 = B[2tig, 2tig+1][gid], b1 = B[2tig+8, 2tig+9][gid]
+//   C (16x8, f32):        c0, c1 = C[gid][2tig, 2tig+1], c2, c3 = C[gid+8][..]
+//   Hence two adjacent C tiles (columns 0-7, 8-15) of S are exactly the A
+//   fragment of P for one k-step: a0 = (c0,c1) of tile 0, a1 = (c2,c3) of
+//   tile 0, a2 = (c0,c1) of tile 1, a3 = (c2,c3) of tile 1.
+//   ldmatrix.x4: lanes 8m..8m+7 give the row addresses of 8x8 matrix m; lane l
+//   receives register m = M_m[l>>2][2(l&3), 2(l&3)+1] (with .trans:
+//   M_m[2(l&3)][l>>2], M_m[2(l&3)+1][l>>2]). So:
+//   - A from a row-major [row][k] tile: lane l addresses row (l&7) + 8((l>>3)&1),
+//     column 8(l>>4)  -> a0..a3.
+//   - B = X^T from a row-major [n][k] tile X (K for S = Q K^T): lane l
+//     addresses row n0 + (l&7) + 8(l>>4), column k0 + 8((l>>3)&1) -> b0, b1 of
+//     n-tile n0 and b0, b1 of n-tile n0+8.
+//   - B = X from a row-major [k][n] tile X (V for P V), with .trans: lane l
+//     addresses row k0 + (l&7) + 8((l>>3)&1), column n0 + 8(l>>4) -> b0, b1 of
+//     n-tile n0 and b0, b1 of n-tile n0+8.
+//
+// MASKING
+//   A score is set to -inf (forward) or its probability to 0 (backward) when
+//   the key is at or past seq_end, or (causal) key > query. Rows of K, V, Q,
+//   dO past seq_end are zero in shared memory / registers, so every product
+//   stays finite; backward gives query rows past seq_end lse = +inf (P = 0)
+//   and delta = 0. Rows past seq_end are never stored. Forward masks only on
+//   tiles that can hold a hidden entry (ragged or crossing the diagonal).
+//
+// Global offsets are computed in 64 bits: T * H * D may exceed 2^31.
+
+// kernels/emu/attention_emu.cpp compiles this file on the host with its own
+// definitions of the PTX wrappers below (a fiber-per-thread emulation of the
+// warp-level instructions), to test the fragment logic without a GPU.
+#ifndef ATTN_HOST_EMU
+#include <cuda_bf16.h>
+#include <stdint.h>
+typedef __nv_bfloat16 bf16;
+#endif
+
+#define LOG2E_F 1.4426950408889634f
+#define LN2_F 0.6931471805599453f
+
+// ---------------------------------------------------------------- helpers
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
+template <typename E> __device__ __forceinline__ E from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ bf16 from_f<bf16>(float x) { return __float2bfloat16_rn(x); }
+
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+
+// SplitMix64's finaliser, as cpu/dropout.rs.
+__device__ __forceinline__ uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+__device__ __forceinline__ uint32_t hash_u32(uint64_t seed, uint64_t index) {
+    return (uint32_t)(mix64(seed ^ mix64(index + 0x9e3779b97f4a7c15ULL)) >> 32);
+}
+
+// Dropout parameters, resolved on the host.
+struct Drop {
+    uint64_t seed, offset, thr, tokens;
+    float inv_keep;
+    int on;
+    // The factor (0 or 1/(1-p)) of P[h, i, j]; 1 when dropout is off.
+    __device__ __forceinline__ float factor(int h, int i, int j) const {
+        if (!on) return 1.0f;
+        uint64_t idx = ((uint64_t)h * tokens + (uint64_t)i) * tokens + (uint64_t)j;
+        return (uint64_t)hash_u32(seed, offset + idx) < thr ? inv_keep : 0.0f;
+    }
+};
+
+// The sequence [s0, s1) holding token i: the largest b < nseq with cu[b] <= i.
+__device__ __forceinline__ void find_seq(const int* cu, int nseq, int i, int& s0, int& s1) {
+    int lo = 0, hi = nseq;  // invariant cu[lo] <= i < cu[hi]
+    while (hi - lo > 1) {
+        int mid = (lo + hi) >> 1;
+        if (cu[mid] <= i) lo = mid; else hi = mid;
+    }
+    s0 = cu[lo];
+    s1 = cu[lo + 1];
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+}
+
+#ifndef ATTN_HOST_EMU
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
+                                        uint32_t& r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(addr)
+                 : "memory");
+}
+
+__device__ __forceinline__ void ldsm_x4_t(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
+                                          uint32_t& r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(addr)
+                 : "memory");
+}
+
+// c += A B for one m16n8k16 tile (bf16 inputs, f32 accumulators).
+__device__ __forceinline__ void mma16816(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+#endif  // ATTN_HOST_EMU
+
+// Stages rows row0 .. row0+R-1 of head `head` of a [T, H, D] bf16 tensor into a
+// [R][D+8] shared tile (async); rows at or past `end` become zeros.
+template <int D, int R>
+__device__ __forceinline__ void load_rows(bf16* dst, const bf16* src, int row0, int end, int heads,
+                                          int head) {
+    constexpr int CHUNKS = D / 8;  // 16-byte chunks per row
+    constexpr int STRIDE = D + 8;
+    for (int c = threadIdx.x; c < R * CHUNKS; c += blockDim.x) {
+        const int r = c / CHUNKS, col = (c % CHUNKS) * 8;
+        bf16* d = dst + r * STRIDE + col;
+        const int tok = row0 + r;
+        if (tok < end) {
+            cp_async16(smem_addr(d), src + ((size_t)tok * heads + head) * D + col);
+        } else {
+            *reinterpret_cast<uint4*>(d) = make_uint4(0, 0, 0, 0);
+        }
+    }
+}
+
+// ------------------------------------------------------------ MMA forward
+
+template <int D>
+__device__ __forceinline__ void fwd_mma(const bf16* __restrict__ q, const bf16* __restrict__ k,
+                                        const bf16* __restrict__ v, bf16* __restrict__ o,
+                                        float* __restrict__ lse, const int* __restrict__ tiles,
+                                        int tokens, int hq, int hkv, float scale_log2, int causal,
+                                        Drop drop) {
+    constexpr int BR = 64, BC = 64, STRIDE = D + 8;
+    constexpr int KD = D / 16;  // k-steps over the head dimension
+    constexpr int NS = BC / 8;  // n-tiles of a 16 x BC score block
+    constexpr int ND = D / 8;   // n-tiles of a 16 x D output block
+    extern __shared__ __align__(16) unsigned char smem[];
+    bf16* ks = reinterpret_cast<bf16*>(smem);
+    bf16* vs = ks + BC * STRIDE;
+
+    const int q0 = tiles[3 * blockIdx.x], s0 = tiles[3 * blockIdx.x + 1];
+    const int s1 = tiles[3 * blockIdx.x + 2];
+    const int h = blockIdx.y, g = h / (hq / hkv);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int gid = lane >> 2, tig = lane & 3;
+    const int row_a = q0 + warp * 16 + gid, row_b = row_a + 8;
+
+    // Q fragments (A operand), straight from global memory; zero past s1.
+    uint32_t qf[KD][4];
+    {
+        const uint32_t* qa = reinterpret_cast<const uint32_t*>(q + ((size_t)row_a * hq + h) * D);
+        const uint32_t* qb = reinterpret_cast<const uint32_t*>(q + ((size_t)row_b * hq + h) * D);
+#pragma unroll
+        for (int kk = 0; kk < KD; ++kk) {
+            const int c = (kk * 16 + tig * 2) / 2;  // in u32 units
+            qf[kk][0] = row_a < s1 ? qa[c] : 0u;
+            qf[kk][1] = row_b < s1 ? qb[c] : 0u;
+            qf[kk][2] = row_a < s1 ? qa[c + 4] : 0u;
+            qf[kk][3] = row_b < s1 ? qb[c + 4] : 0u;
+        }
+    }
+
+    float acc[ND][4];
+#pragma unroll
+    for (int n = 0; n < ND; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
+
+    const int k_end = causal ? min(s1, q0 + BR) : s1;
+    const int n_tiles = (k_end - s0 + BC - 1) / BC;
+
+    load_rows<D, BC>(ks, k, s0, s1, hkv, g);
+    cp_async_commit();
+    for (int j = 0; j < n_tiles; ++j) {
+        const int k0 = s0 + j * BC;
+        load_rows<D, BC>(vs, v, k0, s1, hkv, g);
+        cp_async_commit();
+        cp_async_wait<1>();  // K(j) landed; V(j) may still be in flight
+        __syncthreads();
+
+        float sc[NS][4];
+#pragma unroll
+        for (int n = 0; n < NS; ++n) sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < KD; ++kk) {
+#pragma unroll
+            for (int np = 0; np < NS / 2; ++np) {
+                const int r = np * 16 + (lane & 7) + ((lane >> 4) << 3);
+                const int c = kk * 16 + (((lane >> 3) & 1) << 3);
+                uint32_t b0, b1, b2, b3;
+                ldsm_x4(smem_addr(ks + r * STRIDE + c), b0, b1, b2, b3);
+                mma16816(sc[2 * np], qf[kk], b0, b1);
+                mma16816(sc[2 * np + 1], qf[kk], b2, b3);
+            }
+        }
+
+        // Scale into the log2 domain, mask, and take the tile's row maxima.
+        const bool need_mask = (k0 + BC > s1) || (causal && k0 + BC - 1 > q0);
+        float mx_a = -INFINITY, mx_b = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < NS; ++n) {
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                float x = sc[n][r] * scale_log2;
+                if (need_mask) {
+                    const int key = k0 + n * 8 + tig * 2 + (r & 1);
+                    const int row = r < 2 ? row_a : row_b;
+                    if (key >= s1 || (causal && key > row)) x = -INFINITY;
+                }
+                sc[n][r] = x;
+            }
+            mx_a = fmaxf(mx_a, fmaxf(sc[n][0], sc[n][1]));
+            mx_b = fmaxf(mx_b, fmaxf(sc[n][2], sc[n][3]));
+        }
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+        const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
+        // A row with nothing visible yet keeps reference 0: exp2(-inf - 0) = 0, no NaN.
+        const float base_a = mn_a == -INFINITY ? 0.0f : mn_a;
+        const float base_b = mn_b == -INFINITY ? 0.0f : mn_b;
+        const float corr_a = exp2f(m_a - base_a), corr_b = exp2f(m_b - base_b);
+        m_a = mn_a;
+        m_b = mn_b;
+        float sum_a = 0.0f, sum_b = 0.0f;
+#pragma unroll
+        for (int n = 0; n < NS; ++n) {
+            sc[n][0] = exp2f(sc[n][0] - base_a);
+            sc[n][1] = exp2f(sc[n][1] - base_a);
+            sc[n][2] = exp2f(sc[n][2] - base_b);
+            sc[n][3] = exp2f(sc[n][3] - base_b);
+            sum_a += sc[n][0] + sc[n][1];
+            sum_b += sc[n][2] + sc[n][3];
+        }
+        l_a = l_a * corr_a + sum_a;
+        l_b = l_b * corr_b + sum_b;
+#pragma unroll
+        for (int n = 0; n < ND; ++n) {
+            acc[n][0] *= corr_a;
+            acc[n][1] *= corr_a;
+            acc[n][2] *= corr_b;
+            acc[n][3] *= corr_b;
+        }
+        if (drop.on) {
+#pragma unroll
+            for (int n = 0; n < NS; ++n) {
+#pragma unroll
+                for (int r = 0; r < 4; ++r) {
+                    const int key = k0 + n * 8 + tig * 2 + (r & 1);
+                    sc[n][r] *= drop.factor(h, r < 2 ? row_a : row_b, key);
+                }
+            }
+        }
+        // P as A fragments: two adjacent C tiles make one k-step (see header).
+        uint32_t pf[BC / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < BC / 16; ++kk) {
+            pf[kk][0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
+            pf[kk][1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
+            pf[kk][2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+            pf[kk][3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+        }
+
+        __syncthreads();  // every warp is done reading ks
+        if (j + 1 < n_tiles) {
+            load_rows<D, BC>(ks, k, k0 + BC, s1, hkv, g);
+            cp_async_commit();
+            cp_async_wait<1>();  // V(j) landed
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+
+#pragma unroll
+        for (int kk = 0; kk < BC / 16; ++kk) {
+#pragma unroll
+            for (int dp = 0; dp < ND / 2; ++dp) {
+                const int r = kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
+                const int c = dp * 16 + ((lane >> 4) << 3);
+                uint32_t b0, b1, b2, b3;
+                ldsm_x4_t(smem_addr(vs + r * STRIDE + c), b0, b1, b2, b3);
+                mma16816(acc[2 * dp], pf[kk], b0, b1);
+                mma16816(acc[2 * dp + 1], pf[kk], b2, b3);
+            }
+        }
+        __syncthreads();  // every warp is done reading vs before the next V load
+    }
+
+    l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
+    l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
+    l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
+    l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
+    const float inv_a = l_a > 0.0f ? 1.0f / l_a : 0.0f;
+    const float inv_b = l_b > 0.0f ? 1.0f / l_b : 0.0f;
+    if (row_a < s1) {
+        uint32_t* oa = reinterpret_cast<uint32_t*>(o + ((size_t)row_a * hq + h) * D);
+#pragma unroll
+        for (int n = 0; n < ND; ++n)
+            oa[(n * 8 + tig * 2) / 2] = pack_bf16(acc[n][0] * inv_a, acc[n][1] * inv_a);
+        if (tig == 0)
+            lse[(size_t)h * tokens + row_a] = l_a > 0.0f ? (m_a + log2f(l_a)) * LN2_F : -INFINITY;
+    }
+    if (row_b < s1) {
+        uint32_t* ob = reinterpret_cast<uint32_t*>(o + ((size_t)row_b * hq + h) * D);
+#pragma unroll
+        for (int n = 0; n < ND; ++n)
+            ob[(n * 8 + tig * 2) / 2] = pack_bf16(acc[n][2] * inv_b, acc[n][3] * inv_b);
+        if (tig == 0)
+            lse[(size_t)h * tokens + row_b] = l_b > 0.0f ? (m_b + log2f(l_b)) * LN2_F : -INFINITY;
+    }
+}
+
+#define FWD_MMA(DIM)                                                                            \
+    extern "C" __global__ void __launch_bounds__(128) attention_fwd_mma_d##DIM(                  \
+        const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, const int* tiles,      \
+        int tokens, int hq, int hkv, float scale_log2, int causal, uint64_t seed,                \
+        uint64_t offset, uint64_t thr, float inv_keep, int drop_on) {                            \
+        Drop drop{seed, offset, thr, (uint64_t)tokens, inv_keep, drop_on};                       \
+        fwd_mma<DIM>(q, k, v, o, lse, tiles, tokens, hq, hkv, scale_log2, causal, drop);         \
+    }
+FWD_MMA(64)
+FWD_MMA(128)
+
+// ----------------------------------------------------------- MMA backward
+
+// delta[h, i] = dO_i . O_i for every (token, head): one warp per row, any D.
+template <typename E>
+__device__ __forceinline__ void bwd_delta(const E* dout, const E* o, float* delta, int tokens,
+                                          int hq, int d) {
+    const long long w = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (w >= (long long)tokens * hq) return;
+    const int i = (int)(w / hq), h = (int)(w % hq);
+    const size_t base = ((size_t)i * hq + h) * d;
+    float s = 0.0f;
+    for (int c = lane; c < d; c += 32) s += to_f(dout[base + c]) * to_f(o[base + c]);
+    s = warp_sum(s);
+    if (lane == 0) delta[(size_t)h * tokens + i] = s;
+}
+
+extern "C" __global__ void attention_bwd_delta_bf16(const bf16* dout, const bf16* o, float* delta,
+                                                    int tokens, int hq, int d) {
+    bwd_delta<bf16>(dout, o, delta, tokens, hq, d);
+}
+
+extern "C" __global__ void attention_bwd_delta_f32(const float* dout, const float* o, float* delta,
+                                                   int tokens, int hq, int d) {
+    bwd_delta<float>(dout, o, delta, tokens, hq, d);
+}
+
+// dq (bf16) = the f32 accumulator, n elements.
+extern "C" __global__ void attention_dq_cast_bf16(const float* acc, bf16* dq, long long n) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x)
+        dq[i] = __float2bfloat16_rn(acc[i]);
+}
+
+// Query rows per backward query tile: 32 at D = 128 keeps dK and dV
+// accumulators (2 x 64 f32 per thread) plus the S^T, dP^T tiles in registers.
+// Dynamic shared memory (the launcher mirrors it): K, V [64][D+8], Q, dO
+// [BR][D+8], dS [BR][64+8] bf16, then lse and delta [BR] f32. Forward: K, V only.
+template <int D> struct BwdTile { static constexpr int BR = D == 128 ? 32 : 64; };
+
+template <int D>
+__device__ __forceinline__ void bwd_mma(const bf16* __restrict__ q, const bf16* __restrict__ k,
+                                        const bf16* __restrict__ v, const bf16* __restrict__ dout,
+                                        const float* __restrict__ lse,
+                                        const float* __restrict__ delta, float* __restrict__ dq_acc,
+                                        bf16* __restrict__ dk, bf16* __restrict__ dv,
+                                        const int* __restrict__ tiles, int tokens, int hq, int hkv,
+                                        float scale, float scale_log2, int causal, Drop drop) {
+    constexpr int BC = 64, BR = BwdTile<D>::BR, STRIDE = D + 8, SSTRIDE = BC + 8;
+    constexpr int NQ = BR / 8;             // n-tiles of a 16 x BR transposed score block
+    constexpr int ND = D / 8;              // n-tiles of a 16 x D gradient block
+    constexpr int RG = BR / 16;            // dQ: row groups of 16 queries
+    constexpr int DW = D / (4 / RG);       // dQ: columns per warp
+    constexpr int NDW = DW / 8;
+    static_assert(DW % 16 == 0 && 4 % RG == 0, "dQ warp split");
+    extern __shared__ __align__(16) unsigned char smem[];
+    bf16* ks = reinterpret_cast<bf16*>(smem);
+    bf16* vs = ks + BC * STRIDE;
+    bf16* qs = vs + BC * STRIDE;
+    bf16* dos = qs + BR * STRIDE;
+    bf16* dss = dos + BR * STRIDE;  // dS as [query][key], stride SSTRIDE
+    float* lse_s = reinterpret_cast<float*>(dss + BR * SSTRIDE);  // lse * log2 e
+    float* delta_s = lse_s + BR;
+
+    const int k0 = tiles[3 * blockIdx.x], s0 = tiles[3 * blockIdx.x + 1];
+    const int s1 = tiles[3 * blockIdx.x + 2];
+    const int g = blockIdx.y, group = hq / hkv;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int gid = lane >> 2, tig = lane & 3;
+    const int key_a = k0 + warp * 16 + gid, key_b = key_a + 8;
+
+    load_rows<D, BC>(ks, k, k0, s1, hkv, g);
+    load_rows<D, BC>(vs, v, k0, s1, hkv, g);
+    cp_async_commit();
+
+    float dka[ND][4], dva[ND][4];
+#pragma unroll
+    for (int n = 0; n < ND; ++n) {
+        dka[n][0] = dka[n][1] = dka[n][2] = dka[n][3] = 0.0f;
+        dva[n][0] = dva[n][1] = dva[n][2] = dva[n][3] = 0.0f;
+    }
+
+    // Causal: query tiles wholly before k0 see none of these keys.
+    const int q_first = causal ? s0 + ((k0 - s0) / BR) * BR : s0;
+    for (int hh = 0; hh < group; ++hh) {
+        const int h = g * group + hh;
+        for (int qq0 = q_first; qq0 < s1; qq0 += BR) {
+            __syncthreads();  // the previous tile is done with qs, dos, dss, lse_s, delta_s
+            load_rows<D, BR>(qs, q, qq0, s1, hq, h);
+            load_rows<D, BR>(dos, dout, qq0, s1, hq, h);
+            cp_async_commit();
+            for (int i = threadIdx.x; i < BR; i += blockDim.x) {
+                const int tok = qq0 + i;
+                lse_s[i] = tok < s1 ? lse[(size_t)h * tokens + tok] * LOG2E_F : INFINITY;
+                delta_s[i] = tok < s1 ? delta[(size_t)h * tokens + tok] : 0.0f;
+            }
+            cp_async_wait<0>();
+            __syncthreads();
+
+            // S^T = K_w Q^T and dP^T = V_w dO^T: 16 keys x BR queries per warp.
+            float st[NQ][4], dpt[NQ][4];
+#pragma unroll
+            for (int n = 0; n < NQ; ++n) {
+                st[n][0] = st[n][1] = st[n][2] = st[n][3] = 0.0f;
+                dpt[n][0] = dpt[n][1] = dpt[n][2] = dpt[n][3] = 0.0f;
+            }
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) {
+                const int ar = warp * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
+                const int ac = kk * 16 + ((lane >> 4) << 3);
+                uint32_t ka[4], va[4];
+                ldsm_x4(smem_addr(ks + ar * STRIDE + ac), ka[0], ka[1], ka[2], ka[3]);
+                ldsm_x4(smem_addr(vs + ar * STRIDE + ac), va[0], va[1], va[2], va[3]);
+#pragma unroll
+                for (int np = 0; np < NQ / 2; ++np) {
+                    const int br = np * 16 + (lane & 7) + ((lane >> 4) << 3);
+                    const int bc = kk * 16 + (((lane >> 3) & 1) << 3);
+                    uint32_t b0, b1, b2, b3;
+                    ldsm_x4(smem_addr(qs + br * STRIDE + bc), b0, b1, b2, b3);
+                    mma16816(st[2 * np], ka, b0, b1);
+                    mma16816(st[2 * np + 1], ka, b2, b3);
+                    ldsm_x4(smem_addr(dos + br * STRIDE + bc), b0, b1, b2, b3);
+                    mma16816(dpt[2 * np], va, b0, b1);
+                    mma16816(dpt[2 * np + 1], va, b2, b3);
+                }
+            }
+
+            // st <- P f (dropped probabilities), dpt <- dS = P (dP f - delta).
+#pragma unroll
+            for (int n = 0; n < NQ; ++n) {
+#pragma unroll
+                for (int r = 0; r < 4; ++r) {
+                    const int key = r < 2 ? key_a : key_b;
+                    const int qi_l = n * 8 + tig * 2 + (r & 1);
+                    const int qi = qq0 + qi_l;
+                    float p = exp2f(st[n][r] * scale_log2 - lse_s[qi_l]);
+                    if (key >= s1 || (causal && key > qi)) p = 0.0f;
+                    const float f = drop.factor(h, qi, key);
+                    st[n][r] = p * f;
+                    dpt[n][r] = p * (dpt[n][r] * f - delta_s[qi_l]);
+                }
+            }
+
+            // dV += (P f)^T dO, dK += dS^T Q (scale applied at the end).
+#pragma unroll
+            for (int kq = 0; kq < BR / 16; ++kq) {
+                uint32_t pa[4], sa[4];
+                pa[0] = pack_bf16(st[2 * kq][0], st[2 * kq][1]);
+                pa[1] = pack_bf16(st[2 * kq][2], st[2 * kq][3]);
+                pa[2] = pack_bf16(st[2 * kq + 1][0], st[2 * kq + 1][1]);
+                pa[3] = pack_bf16(st[2 * kq + 1][2], st[2 * kq + 1][3]);
+                sa[0] = pack_bf16(dpt[2 * kq][0], dpt[2 * kq][1]);
+                sa[1] = pack_bf16(dpt[2 * kq][2], dpt[2 * kq][3]);
+                sa[2] = pack_bf16(dpt[2 * kq + 1][0], dpt[2 * kq + 1][1]);
+                sa[3] = pack_bf16(dpt[2 * kq + 1][2], dpt[2 * kq + 1][3]);
+#pragma unroll
+                for (int dp = 0; dp < ND / 2; ++dp) {
+                    const int r = kq * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
+                    const int c = dp * 16 + ((lane >> 4) << 3);
+                    uint32_t b0, b1, b2, b3;
+                    ldsm_x4_t(smem_addr(dos + r * STRIDE + c), b0, b1, b2, b3);
+                    mma16816(dva[2 * dp], pa, b0, b1);
+                    mma16816(dva[2 * dp + 1], pa, b2, b3);
+                    ldsm_x4_t(smem_addr(qs + r * STRIDE + c), b0, b1, b2, b3);
+                    mma16816(dka[2 * dp], sa, b0, b1);
+                    mma16816(dka[2 * dp + 1], sa, b2, b3);
+                }
+            }
+
+            // dS (bf16) to shared memory as [query][key] for the dQ product.
+#pragma unroll
+            for (int n = 0; n < NQ; ++n) {
+#pragma unroll
+                for (int r = 0; r < 4; ++r) {
+                    const int qi_l = n * 8 + tig * 2 + (r & 1);
+                    const int key_l = warp * 16 + gid + (r < 2 ? 0 : 8);
+                    dss[qi_l * SSTRIDE + key_l] = __float2bfloat16_rn(dpt[n][r]);
+                }
+            }
+            __syncthreads();
+
+            // dQ[rows 16 rg.., cols DW ds..] += dS K over the 64 keys, then atomics.
+            {
+                const int rg = warp % RG, dsplit = warp / RG;
+                float dqa[NDW][4];
+#pragma unroll
+                for (int n = 0; n < NDW; ++n) dqa[n][0] = dqa[n][1] = dqa[n][2] = dqa[n][3] = 0.0f;
+#pragma unroll
+                for (int kk = 0; kk < BC / 16; ++kk) {
+                    uint32_t a[4];
+                    const int ar = rg * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
+                    const int ac = kk * 16 + ((lane >> 4) << 3);
+                    ldsm_x4(smem_addr(dss + ar * SSTRIDE + ac), a[0], a[1], a[2], a[3]);
+#pragma unroll
+                    for (int dp = 0; dp < NDW / 2; ++dp) {
+                        const int r = kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
+                        const int c = dsplit * DW + dp * 16 + ((lane >> 4) << 3);
+                        uint32_t b0, b1, b2, b3;
+                        ldsm_x4_t(smem_addr(ks + r * STRIDE + c), b0, b1, b2, b3);
+                        mma16816(dqa[2 * dp], a, b0, b1);
+                        mma16816(dqa[2 * dp + 1], a, b2, b3);
+                    }
+                }
+                const int qa = qq0 + rg * 16 + gid, qb = qa + 8;
+#pragma unroll
+                for (int n = 0; n < NDW; ++n) {
+                    const int c = dsplit * DW + n * 8 + tig * 2;
+                    if (qa < s1) {
+                        float* p = dq_acc + ((size_t)qa * hq + h) * D + c;
+                        atomicAdd(p, dqa[n][0] * scale);
+                        atomicAdd(p + 1, dqa[n][1] * scale);
+                    }
+                    if (qb < s1) {
+                        float* p = dq_acc + ((size_t)qb * hq + h) * D + c;
+                        atomicAdd(p, dqa[n][2] * scale);
+                        atomicAdd(p + 1, dqa[n][3] * scale);
+                    }
+                }
+            }
+        }
+    }
+
+    if (key_a < s1) {
+        uint32_t* ka = reinterpret_cast<uint32_t*>(dk + ((size_t)key_a * hkv + g) * D);
+        uint32_t* va = reinterpret_cast<uint32_t*>(dv + ((size_t)key_a * hkv + g) * D);
+#pragma unroll
+        for (int n = 0; n < ND; ++n) {
+            ka[(n * 8 + tig * 2) / 2] = pack_bf16(dka[n][0] * scale, dka[n][1] * scale);
+            va[(n * 8 + tig * 2) / 2] = pack_bf16(dva[n][0], dva[n][1]);
+        }
+    }
+    if (key_b < s1) {
+        uint32_t* kb = reinterpret_cast<uint32_t*>(dk + ((size_t)key_b * hkv + g) * D);
+        uint32_t* vb = reinterpret_cast<uint32_t*>(dv + ((size_t)key_b * hkv + g) * D);
+#pragma unroll
+        for (int n = 0; n < ND; ++n) {
+            kb[(n * 8 + tig * 2) / 2] = pack_bf16(dka[n][2] * scale, dka[n][3] * scale);
+            vb[(n * 8 + tig * 2) / 2] = pack_bf16(dva[n][2], dva[n][3]);
+        }
+    }
+}
+
+#define BWD_MMA(DIM)                                                                            \
+    extern "C" __global__ void __launch_bounds__(128) attention_bwd_mma_d##DIM(                  \
+        const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,         \
+        const float* delta, float* dq_acc, bf16* dk, bf16* dv, const int* tiles, int tokens,     \
+        int hq, int hkv, float scale, float scale_log2, int causal, uint64_t seed,               \
+        uint64_t offset, uint64_t thr, float inv_keep, int drop_on) {                            \
+        Drop drop{seed, offset, thr, (uint64_t)tokens, inv_keep, drop_on};                       \
+        bwd_mma<DIM>(q, k, v, dout, lse, delta, dq_acc, dk, dv, tiles, tokens, hq, hkv, scale,   \
+                     scale_log2, causal, drop);                                                  \
+    }
+BWD_MMA(64)
+BWD_MMA(128)
+
+// ---------------------------------------------------------- simple kernels
+// One warp per row; lane l holds head-dimension entries l, l+32, ... (< D <= 256).
+
+constexpr int SIMPLE_MAXC = 8;  // 8 x 32 lanes = D <= 256
+
+template <typename E>
+__device__ __forceinline__ void load_row(float* r, const E* src, int d, int lane) {
+#pragma unroll
+    for (int c = 0; c < SIMPLE_MAXC; ++c) {
+        const int x = lane + 32 * c;
+        r[c] = x < d ? to_f(src[x]) : 0.0f;
+    }
+}
+
+template <typename E>
+__device__ __forceinline__ float dot_row(const float* r, const E* src, int d, int lane) {
+    float s = 0.0f;
+#pragma unroll
+    for (int c = 0; c < SIMPLE_MAXC; ++c) {
+        const int x = lane + 32 * c;
+        if (x < d) s += r[c] * to_f(src[x]);
+    }
+    return warp_sum(s);
+}
+
+template <typename E>
+__device__ __forceinline__ void store_row(E* dst, const float* r, float mul, int d, int lane) {
+#pragma unroll
+    for (int c = 0; c < SIMPLE_MAXC; ++c) {
+        const int x = lane + 32 * c;
+        if (x < d) dst[x] = from_f<E>(r[c] * mul);
+    }
+}
+
+// o, lse for query row (i, h): two-pass-free online softmax over the visible keys.
+template <typename E>
+__device__ __forceinline__ void fwd_simple(const E* q, const E* k, const E* v, E* o, float* lse,
+                                           const int* cu, int nseq, int tokens, int hq, int hkv,
+                                           int d, float scale, int causal, Drop drop) {
+    const long long w = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (w >= (long long)tokens * hq) return;
+    const int i = (int)(w / hq), h = (int)(w % hq), g = h / (hq / hkv);
+    int s0, s1;
+    find_seq(cu, nseq, i, s0, s1);
+    float qr[SIMPLE_MAXC], acc[SIMPLE_MAXC];
+    load_row(qr, q + ((size_t)i * hq + h) * d, d, lane);
+#pragma unroll
+    for (int c = 0; c < SIMPLE_MAXC; ++c) acc[c] = 0.0f;
+    float m = -INFINITY, l = 0.0f;
+    const int jend = causal ? i + 1 : s1;
+    for (int j = s0; j < jend; ++j) {
+        const size_t kv = ((size_t)j * hkv + g) * d;
+        const float s = dot_row(qr, k + kv, d, lane) * scale;
+        const float mn = fmaxf(m, s);
+        const float corr = expf(m - mn), p = expf(s - mn);
+        l = l * corr + p;
+        m = mn;
+        const float pf = p * drop.factor(h, i, j);
+#pragma unroll
+        for (int c = 0; c < SIMPLE_MAXC; ++c) {
+            const int x = lane + 32 * c;
+            acc[c] = acc[c] * corr + (x < d ? pf * to_f(v[kv + x]) : 0.0f);
+        }
+    }
+    store_row(o + ((size_t)i * hq + h) * d, acc, l > 0.0f ? 1.0f / l : 0.0f, d, lane);
+    if (lane == 0) lse[(size_t)h * tokens + i] = l > 0.0f ? m + logf(l) : -INFINITY;
+}
+
+// dq for query row (i, h): scale sum_j P_ij (dP_ij f_ij - delta_i) k_j.
+template <typename E>
+__device__ __forceinline__ void bwd_simple_dq(const E* q, const E* k, const E* v, const E* dout,
+                                              const float* lse, const float* delta, E* dq,
+                                              const int* cu, int nseq, int tokens, int hq, int hkv,
+                                              int d, float scale, int causal, Drop drop) {
+    const long long w = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (w >= (long long)tokens * hq) return;
+    const int i = (int)(w / hq), h = (int)(w % hq), g = h / (hq / hkv);
+    int s0, s1;
+    find_seq(cu, nseq, i, s0, s1);
+    float qr[SIMPLE_MAXC], dor[SIMPLE_MAXC], acc[SIMPLE_MAXC];
+    load_row(qr, q + ((size_t)i * hq + h) * d, d, lane);
+    load_row(dor, dout + ((size_t)i * hq + h) * d, d, lane);
+#pragma unroll
+    for (int c = 0; c < SIMPLE_MAXC; ++c) acc[c] = 0.0f;
+    const float L = lse[(size_t)h * tokens + i], dl = delta[(size_t)h * tokens + i];
+    const int jend = causal ? i + 1 : s1;
+    for (int j = s0; j < jend; ++j) {
+        const size_t kv = ((size_t)j * hkv + g) * d;
+        const float p = expf(dot_row(qr, k + kv, d, lane) * scale - L);
+        const float dp = dot_row(dor, v + kv, d, lane);
+        const float ds = p * (dp * drop.factor(h, i, j) - dl);
+#pragma unroll
+        for (int c = 0; c < SIMPLE_MAXC; ++c) {
+            const int x = lane + 32 * c;
+            if (x < d) acc[c] += ds * to_f(k[kv + x]);
+        }
+    }
+    store_row(dq + ((size_t)i * hq + h) * d, acc, scale, d, lane);
+}
+
+// dk, dv for key row (j, g): sums over the group's query heads and the queries that see j.
+template <typename E>
+__device__ __forceinline__ void bwd_simple_dkv(const E* q, const E* k, const E* v, const E* dout,
+                                               const float* lse, const float* delta, E* dk, E* dv,
+                                               const int* cu, int nseq, int tokens, int hq,
+                                               int hkv, int d, float scale, int causal, Drop drop) {
+    const long long w = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (w >= (long long)tokens * hkv) return;
+    const int j = (int)(w / hkv), g = (int)(w % hkv), group = hq / hkv;
+    int s0, s1;
+    find_seq(cu, nseq, j, s0, s1);
+    float kr[SIMPLE_MAXC], vr[SIMPLE_MAXC], dka[SIMPLE_MAXC], dva[SIMPLE_MAXC];
+    load_row(kr, k + ((size_t)j * hkv + g) * d, d, lane);
+    load_row(vr, v + ((size_t)j * hkv + g) * d, d, lane);
+#pragma unroll
+    for (int c = 0; c < SIMPLE_MAXC; ++c) dka[c] = dva[c] = 0.0f;
+    for (int h = g * group; h < (g + 1) * group; ++h) {
+        for (int i = causal ? j : s0; i < s1; ++i) {
+            const size_t qo = ((size_t)i * hq + h) * d;
+            const float p = expf(dot_row(kr, q + qo, d, lane) * scale - lse[(size_t)h * tokens + i]);
+            const float dp = dot_row(vr, dout + qo, d, lane);
+            const float f = drop.factor(h, i, j);
+            const float ds = p * (dp * f - delta[(size_t)h * tokens + i]);
+#pragma unroll
+            for (int c = 0; c < SIMPLE_MAXC; ++c) {
+                const int x = lane + 32 * c;
+                if (x < d) {
+                    dva[c] += p * f * to_f(dout[qo + x]);
+                    dka[c] += ds * to_f(q[qo + x]);
+                }
+            }
+        }
+    }
+    store_row(dk + ((size_t)j * hkv + g) * d, dka, scale, d, lane);
+    store_row(dv + ((size_t)j * hkv + g) * d, dva, 1.0f, d, lane);
+}
+
+#define SIMPLE(SUF, E)                                                                          \
+    extern "C" __global__ void attention_fwd_simple_##SUF(                                       \
+        const E* q, const E* k, const E* v, E* o, float* lse, const int* cu, int nseq,           \
+        int tokens, int hq, int hkv, int d, float scale, int causal, uint64_t seed,              \
+        uint64_t offset, uint64_t thr, float inv_keep, int drop_on) {                            \
+        Drop drop{seed, offset, thr, (uint64_t)tokens, inv_keep, drop_on};                       \
+        fwd_simple<E>(q, k, v, o, lse, cu, nseq, tokens, hq, hkv, d, scale, causal, drop);       \
+    }                                                                                            \
+    extern "C" __global__ void attention_bwd_simple_dq_##SUF(                                    \
+        const E* q, const E* k, const E* v, const E* dout, const float* lse,                     \
+        const float* delta, E* dq, const int* cu, int nseq, int tokens, int hq, int hkv, int d,  \
+        float scale, int causal, uint64_t seed, uint64_t offset, uint64_t thr, float inv_keep,   \
+        int drop_on) {                                                                           \
+        Drop drop{seed, offset, thr, (uint64_t)tokens, inv_keep, drop_on};                       \
+        bwd_simple_dq<E>(q, k, v, dout, lse, delta, dq, cu, nseq, tokens, hq, hkv, d, scale,     \
+                         causal, drop);                                                          \
+    }                                                                                            \
+    extern "C" __global__ void attention_bwd_simple_dkv_##SUF(                                   \
+        const E* q, const E* k, const E* v, const E* dout, const float* lse,                     \
+        const float* delta, E* dk, E* dv, const int* cu, int nseq, int tokens, int hq, int hkv,  \
+        int d, float scale, int causal, uint64_t seed, uint64_t offset, uint64_t thr,            \
+        float inv_keep, int drop_on) {                                                           \
+        Drop drop{seed, offset, thr, (uint64_t)tokens, inv_keep, drop_on};                       \
+        bwd_simple_dkv<E>(q, k, v, dout, lse, delta, dk, dv, cu, nseq, tokens, hq, hkv, d,       \
+                          scale, causal, drop);                                                  \
+    }
+SIMPLE(bf16, bf16)
+SIMPLE(f32, float)
