@@ -36,6 +36,9 @@ pub enum TensorError {
     /// A byte buffer could not be read as the requested dtype and shape.
     #[error("{op}: {msg}")]
     Bytes { op: &'static str, msg: String },
+    /// The CUDA driver, cuBLAS or a kernel reported an error.
+    #[error("{op}: CUDA: {msg}")]
+    Cuda { op: &'static str, msg: String },
 }
 
 /// Result alias used across the crate.
@@ -45,6 +48,14 @@ impl TensorError {
     /// Convenience constructor for [`TensorError::Invalid`].
     pub fn invalid(op: &'static str, msg: impl Into<String>) -> Self {
         Self::Invalid {
+            op,
+            msg: msg.into(),
+        }
+    }
+
+    /// Convenience constructor for [`TensorError::Cuda`].
+    pub fn cuda(op: &'static str, msg: impl Into<String>) -> Self {
+        Self::Cuda {
             op,
             msg: msg.into(),
         }

@@ -3,9 +3,11 @@
 //! explicit `forward` and `backward` (no autograd tape).
 //!
 //! Layout: `ops/` is the device-independent API (validation + dispatch),
-//! `cpu/` the reference kernels in plain Rust; the CUDA backend adds `cuda/`.
+//! `cpu/` the reference kernels in plain Rust, `cuda/` the launchers of the
+//! CUDA kernels in `kernels/`.
 
 pub mod cpu;
+pub mod cuda;
 mod device;
 mod dtype;
 mod error;
@@ -20,4 +22,4 @@ pub use device::Device;
 pub use dtype::{DType, Element};
 pub use error::{Result, TensorError};
 pub use real::Real;
-pub use tensor::{CpuStorage, Storage, Tensor};
+pub use tensor::{CpuStorage, CudaStorage, Storage, Tensor};

@@ -4,8 +4,11 @@
 //! Layers call explicit `forward` / `backward` op functions and keep what
 //! their backward needs themselves (see `docs/architecture.md`).
 
+use std::sync::Arc;
+
 use half::{bf16, f16};
 
+use crate::cuda::{CudaDevice, DeviceBuffer};
 use crate::{DType, Device, Element, Result, TensorError};
 
 /// Host storage, one variant per dtype.
@@ -37,12 +40,55 @@ impl CpuStorage {
     }
 }
 
-/// Where the elements are. The CUDA backend adds a variant here.
+/// Device memory: a buffer from the device's caching allocator and its dtype.
+#[derive(Debug)]
+pub struct CudaStorage {
+    buf: DeviceBuffer,
+    dtype: DType,
+}
+
+impl CudaStorage {
+    /// The buffer.
+    pub fn buffer(&self) -> &DeviceBuffer {
+        &self.buf
+    }
+
+    fn try_clone(&self) -> Result<Self> {
+        let dev = self.buf.device();
+        let buf = dev.alloc(self.buf.len_bytes())?;
+        dev.copy_device(self.buf.ptr(), buf.ptr(), self.buf.len_bytes())?;
+        Ok(Self {
+            buf,
+            dtype: self.dtype,
+        })
+    }
+}
+
+/// A deep copy, like the CPU's; a device that cannot allocate the copy is a
+/// panic here (use [`Tensor::try_clone`] to get an error instead).
+impl Clone for CudaStorage {
+    fn clone(&self) -> Self {
+        self.try_clone()
+            .unwrap_or_else(|e| panic!("cloning a CUDA tensor: {e}"))
+    }
+}
+
+/// Device tensors compare equal only when they are the same buffer: comparing
+/// contents would need a device round trip hidden in `==`.
+impl PartialEq for CudaStorage {
+    fn eq(&self, other: &Self) -> bool {
+        self.buf.ptr() == other.buf.ptr() && self.dtype == other.dtype
+    }
+}
+
+/// Where the elements are.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Storage {
     /// Host memory.
     Cpu(CpuStorage),
+    /// CUDA device memory.
+    Cuda(CudaStorage),
 }
 
 /// A dense, contiguous, row-major n-dimensional array.
@@ -79,17 +125,88 @@ impl Tensor {
         })
     }
 
-    /// A tensor of zeros.
+    /// A tensor of zeros. On a CUDA device an allocation failure panics; use
+    /// [`Tensor::try_zeros`] where that must be an error.
     pub fn zeros(shape: &[usize], dtype: DType, device: Device) -> Self {
+        Self::try_zeros(shape, dtype, device)
+            .unwrap_or_else(|e| panic!("Tensor::zeros on {device}: {e}"))
+    }
+
+    /// A tensor of zeros on any device.
+    pub fn try_zeros(shape: &[usize], dtype: DType, device: Device) -> Result<Self> {
         let n = numel(shape);
         let storage = match (device, dtype) {
-            (Device::Cpu, DType::F32) => CpuStorage::F32(vec![0.0; n]),
-            (Device::Cpu, DType::BF16) => CpuStorage::BF16(vec![bf16::ZERO; n]),
-            (Device::Cpu, DType::F16) => CpuStorage::F16(vec![f16::ZERO; n]),
+            (Device::Cpu, DType::F32) => Storage::Cpu(CpuStorage::F32(vec![0.0; n])),
+            (Device::Cpu, DType::BF16) => Storage::Cpu(CpuStorage::BF16(vec![bf16::ZERO; n])),
+            (Device::Cpu, DType::F16) => Storage::Cpu(CpuStorage::F16(vec![f16::ZERO; n])),
+            (Device::Cuda(o), _) => {
+                let dev = crate::cuda::device(o)?;
+                Storage::Cuda(CudaStorage {
+                    buf: dev.alloc_zeros(n * dtype.size_in_bytes())?,
+                    dtype,
+                })
+            }
         };
+        Ok(Self {
+            shape: shape.to_vec(),
+            storage,
+        })
+    }
+
+    /// A tensor whose elements the caller will overwrite: zeros on the CPU,
+    /// uninitialised on CUDA (NaN-poisoned under [`crate::cuda::set_poison`]).
+    pub fn empty(shape: &[usize], dtype: DType, device: Device) -> Result<Self> {
+        match device {
+            Device::Cpu => Self::try_zeros(shape, dtype, device),
+            Device::Cuda(o) => {
+                let dev = crate::cuda::device(o)?;
+                let buf = dev.alloc(numel(shape) * dtype.size_in_bytes())?;
+                Ok(Self::from_device_buffer(buf, dtype, shape))
+            }
+        }
+    }
+
+    /// Wraps a device buffer (from a kernel launcher) as a tensor. The buffer
+    /// must hold at least `numel(shape)` elements of `dtype`.
+    pub fn from_device_buffer(buf: DeviceBuffer, dtype: DType, shape: &[usize]) -> Self {
+        debug_assert!(buf.len_bytes() >= numel(shape) * dtype.size_in_bytes());
         Self {
             shape: shape.to_vec(),
-            storage: Storage::Cpu(storage),
+            storage: Storage::Cuda(CudaStorage { buf, dtype }),
+        }
+    }
+
+    /// A deep copy that reports a failed device allocation instead of panicking.
+    pub fn try_clone(&self) -> Result<Self> {
+        let storage = match &self.storage {
+            Storage::Cpu(s) => Storage::Cpu(s.clone()),
+            Storage::Cuda(s) => Storage::Cuda(s.try_clone()?),
+        };
+        Ok(Self {
+            shape: self.shape.clone(),
+            storage,
+        })
+    }
+
+    /// The device address of a CUDA tensor, for kernel arguments.
+    pub fn cuda_ptr(&self, op: &'static str, what: &'static str) -> Result<u64> {
+        match &self.storage {
+            Storage::Cuda(s) => Ok(s.buf.ptr()),
+            Storage::Cpu(_) => Err(TensorError::Invalid {
+                op,
+                msg: format!("{what} is on the CPU, expected a CUDA tensor"),
+            }),
+        }
+    }
+
+    /// The CUDA device holding this tensor.
+    pub fn cuda_device(&self, op: &'static str, what: &'static str) -> Result<Arc<CudaDevice>> {
+        match &self.storage {
+            Storage::Cuda(s) => Ok(s.buf.device().clone()),
+            Storage::Cpu(_) => Err(TensorError::Invalid {
+                op,
+                msg: format!("{what} is on the CPU, expected a CUDA tensor"),
+            }),
         }
     }
 
@@ -142,6 +259,7 @@ impl Tensor {
     pub fn dtype(&self) -> DType {
         match &self.storage {
             Storage::Cpu(s) => s.dtype(),
+            Storage::Cuda(s) => s.dtype,
         }
     }
 
@@ -149,6 +267,7 @@ impl Tensor {
     pub fn device(&self) -> Device {
         match &self.storage {
             Storage::Cpu(_) => Device::Cpu,
+            Storage::Cuda(s) => Device::Cuda(s.buf.device().ordinal()),
         }
     }
 
@@ -195,7 +314,7 @@ impl Tensor {
     /// Borrows the elements as `T`; errors if the dtype or device differs.
     pub fn as_slice<T: Element>(&self) -> Result<&[T]> {
         let found = self.dtype();
-        let Storage::Cpu(s) = &self.storage;
+        let s = self.host("Tensor::as_slice")?;
         let bytes: &[u8] = match s {
             CpuStorage::F32(v) if T::DTYPE == DType::F32 => bytemuck::cast_slice(v),
             CpuStorage::BF16(v) if T::DTYPE == DType::BF16 => bytemuck::cast_slice(v),
@@ -215,7 +334,14 @@ impl Tensor {
     /// Mutably borrows the elements as `T`; errors if the dtype or device differs.
     pub fn as_slice_mut<T: Element>(&mut self) -> Result<&mut [T]> {
         let found = self.dtype();
-        let Storage::Cpu(s) = &mut self.storage;
+        let device = self.device();
+        let Storage::Cpu(s) = &mut self.storage else {
+            return Err(TensorError::Device {
+                op: "Tensor::as_slice_mut",
+                expected: Device::Cpu,
+                found: device,
+            });
+        };
         let bytes: &mut [u8] = match s {
             CpuStorage::F32(v) if T::DTYPE == DType::F32 => bytemuck::cast_slice_mut(v),
             CpuStorage::BF16(v) if T::DTYPE == DType::BF16 => bytemuck::cast_slice_mut(v),
@@ -277,9 +403,31 @@ impl Tensor {
         }
     }
 
-    /// Copies the elements out as f32, widening bf16/f16.
+    /// The host storage, or an error naming `op` for a device tensor.
+    fn host(&self, op: &'static str) -> Result<&CpuStorage> {
+        match &self.storage {
+            Storage::Cpu(s) => Ok(s),
+            Storage::Cuda(_) => Err(TensorError::Device {
+                op,
+                expected: Device::Cpu,
+                found: self.device(),
+            }),
+        }
+    }
+
+    /// Copies the elements out as f32, widening bf16/f16. A CUDA tensor is
+    /// copied to the host first (a driver failure there panics: use
+    /// `to_device(Device::Cpu)` to get an error).
     pub fn to_vec_f32(&self) -> Vec<f32> {
-        let Storage::Cpu(s) = &self.storage;
+        let s = match &self.storage {
+            Storage::Cpu(s) => s,
+            Storage::Cuda(_) => {
+                return self
+                    .to_device(Device::Cpu)
+                    .unwrap_or_else(|e| panic!("Tensor::to_vec_f32: {e}"))
+                    .to_vec_f32();
+            }
+        };
         match s {
             CpuStorage::F32(v) => v.clone(),
             CpuStorage::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
@@ -287,10 +435,20 @@ impl Tensor {
         }
     }
 
-    /// Converts to `dtype` (round-to-nearest-even when narrowing).
+    /// Converts to `dtype` (round-to-nearest-even when narrowing). On CUDA a
+    /// driver failure panics; [`Tensor::try_to_dtype`] returns it instead.
     pub fn to_dtype(&self, dtype: DType) -> Tensor {
+        self.try_to_dtype(dtype)
+            .unwrap_or_else(|e| panic!("Tensor::to_dtype: {e}"))
+    }
+
+    /// Converts to `dtype` on the tensor's own device.
+    pub fn try_to_dtype(&self, dtype: DType) -> Result<Tensor> {
         if dtype == self.dtype() {
-            return self.clone();
+            return self.try_clone();
+        }
+        if self.device().is_cuda() {
+            return crate::cuda::cast::cast(self, dtype);
         }
         let f = self.to_vec_f32();
         let storage = match dtype {
@@ -299,16 +457,36 @@ impl Tensor {
             DType::F16 => CpuStorage::F16(f.iter().map(|&x| f16::from_f32(x)).collect()),
         };
         debug_assert_eq!(storage.len(), self.numel());
-        Tensor {
+        Ok(Tensor {
             shape: self.shape.clone(),
             storage: Storage::Cpu(storage),
-        }
+        })
     }
 
-    /// Moves the tensor to `device` (a no-op copy on the CPU today).
+    /// A copy on `device` (host <-> device through a synchronous copy).
     pub fn to_device(&self, device: Device) -> Result<Tensor> {
-        match device {
-            Device::Cpu => Ok(self.clone()),
+        const OP: &str = "Tensor::to_device";
+        match (&self.storage, device) {
+            (_, d) if d == self.device() => self.try_clone(),
+            (Storage::Cpu(s), Device::Cuda(o)) => {
+                let dev = crate::cuda::device(o)?;
+                let bytes: &[u8] = match s {
+                    CpuStorage::F32(v) => bytemuck::cast_slice(v),
+                    CpuStorage::BF16(v) => bytemuck::cast_slice(v),
+                    CpuStorage::F16(v) => bytemuck::cast_slice(v),
+                };
+                let buf = dev.upload(bytes)?;
+                Ok(Self::from_device_buffer(buf, self.dtype(), &self.shape))
+            }
+            (Storage::Cuda(s), Device::Cpu) => {
+                let mut bytes = vec![0u8; self.size_in_bytes()];
+                s.buf.device().copy_to_host(&s.buf, &mut bytes)?;
+                Tensor::from_le_bytes(&bytes, s.dtype, &self.shape).map_err(|e| {
+                    TensorError::cuda(OP, format!("reading back a device tensor: {e}"))
+                })
+            }
+            (Storage::Cuda(_), Device::Cuda(_)) => self.to_device(Device::Cpu)?.to_device(device),
+            (Storage::Cpu(_), Device::Cpu) => self.try_clone(),
         }
     }
 }

@@ -99,6 +99,7 @@ pub fn step(
             );
             Ok(())
         }
+        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
     }
 }
 

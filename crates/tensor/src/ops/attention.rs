@@ -180,6 +180,7 @@ pub fn forward(
             );
             Ok(AttentionOut { o, lse })
         }
+        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
     }
 }
 
@@ -222,6 +223,7 @@ pub fn backward(
             );
             Ok(AttentionGrads { dq, dk, dv })
         }
+        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
     }
 }
 

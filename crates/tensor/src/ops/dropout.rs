@@ -40,6 +40,7 @@ pub fn forward(x: &Tensor, mask: DropoutMask) -> Result<Tensor> {
             );
             Ok(y)
         }
+        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
     }
 }
 
@@ -58,5 +59,6 @@ pub fn backward(dy: &Tensor, mask: DropoutMask) -> Result<Tensor> {
             );
             Ok(dx)
         }
+        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
     }
 }

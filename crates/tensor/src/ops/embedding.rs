@@ -51,6 +51,7 @@ pub fn forward(ids: &[u32], table: &Tensor) -> Result<Tensor> {
             );
             Ok(out)
         }
+        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
     }
 }
 
@@ -72,6 +73,7 @@ pub fn backward(ids: &[u32], dout: &Tensor, dtable: &mut Tensor) -> Result<()> {
             );
             Ok(())
         }
+        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
     }
 }
 
@@ -97,6 +99,7 @@ pub fn backward_sparse(ids: &[u32], dout: &Tensor, vocab: usize) -> Result<Spars
             let grad = Tensor::from_vec(grad, &[rows.len(), hidden])?;
             Ok(SparseRowGrad { rows, grad })
         }
+        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
     }
 }
 

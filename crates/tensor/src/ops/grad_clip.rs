@@ -31,6 +31,7 @@ pub fn global_norm(grads: &[&Tensor]) -> Result<f64> {
                 .collect::<Result<Vec<_>>>()?;
             Ok(cpu::grad_clip::global_norm(&views))
         }
+        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
     }
 }
 
@@ -58,6 +59,7 @@ pub fn clip_grad_norm(grads: &mut [&mut Tensor], max_norm: f64) -> Result<f64> {
                 .collect::<Result<Vec<_>>>()?;
             cpu::grad_clip::clip_grad_norm(&mut views, max_norm)
         }
+        Device::Cuda(_) => return Err(crate::ops::no_cuda_path(OP)),
     };
     if norm.is_finite() {
         Ok(norm)

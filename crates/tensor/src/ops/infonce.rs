@@ -104,6 +104,7 @@ pub fn forward(q: &Tensor, k: &Tensor, labels: &[u32], temperature: f32) -> Resu
                 probs,
             })
         }
+        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
     }
 }
 
@@ -153,6 +154,7 @@ pub fn backward(saved: &InfoNceOut, labels: &[u32], temperature: f32) -> Result<
             );
             Ok(InfoNceGrads { dq, dk })
         }
+        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
     }
 }
 

@@ -109,6 +109,7 @@ pub fn forward(
                 lse_student,
             })
         }
+        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
     }
 }
 
@@ -158,6 +159,7 @@ pub fn backward(
             );
             Ok(ds)
         }
+        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
     }
 }
 
@@ -173,6 +175,8 @@ pub fn workspace_bytes(
     let tiling = Tiling::at_least_one(opts.row_chunk, opts.vocab_tile);
     match device {
         Device::Cpu => cpu::linear_kl::workspace_bytes(rows, dim, vocab, tiling),
+        // Until the CUDA kernels land the CPU tiling is the only estimate.
+        Device::Cuda(_) => cpu::linear_kl::workspace_bytes(rows, dim, vocab, tiling),
     }
 }
 

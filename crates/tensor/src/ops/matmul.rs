@@ -4,15 +4,33 @@
 //! without a transpose. Every leading dimension of x is flattened into rows:
 //! a [batch, seq, in] activation is one [batch·seq, in] GEMM, the shape that
 //! keeps the GEMM large enough to pay for its packing.
+//!
+//! dtypes: CPU tensors are f32. On CUDA, x, w and dy share one dtype (bf16 or
+//! f32; cuBLAS accumulates in f32), and dW may be f32 while they are bf16, so a
+//! bf16 model can keep f32 gradient accumulators.
 
-use crate::{Device, Result, Tensor, TensorError, cpu};
+use crate::cuda::matmul::{Gemm, gemm};
+use crate::{DType, Device, Result, Tensor, TensorError, cpu};
 
 const OP: &str = "linear";
 
-/// `[out, in]` of a weight-shaped tensor (`what`: weight or dweight), checking rank and dtype.
+/// `[out, in]` of a weight-shaped tensor (`what`: weight or dweight), checking rank.
 fn weight_dims(w: &Tensor, what: &'static str) -> Result<(usize, usize)> {
-    w.expect_dtype(OP, what, crate::DType::F32)?;
     w.dims2(OP, what)
+}
+
+/// Checks the operands' dtypes: f32 on the CPU; on CUDA the first tensor's
+/// dtype (bf16 or f32) shared by the rest.
+fn check_dtypes(ts: &[(&'static str, &Tensor)]) -> Result<DType> {
+    let (_, first) = ts[0];
+    let want = match (first.device(), first.dtype()) {
+        (Device::Cuda(_), d @ (DType::BF16 | DType::F32)) => d,
+        _ => DType::F32,
+    };
+    for (what, t) in ts {
+        t.expect_dtype(OP, what, want)?;
+    }
+    Ok(want)
 }
 
 /// Splits `[.., last]` into (product of leading dims, last), requiring `last == want`.
@@ -41,8 +59,8 @@ fn with_last(t: &Tensor, last: usize) -> Vec<usize> {
 pub fn linear_forward(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (d_out, d_in) = weight_dims(w, "weight [out, in]")?;
     let rows = rows_of(x, "x", d_in)?;
-    x.expect_dtype(OP, "x", crate::DType::F32)?;
     crate::ops::same_device(OP, &[x, w])?;
+    let dtype = check_dtypes(&[("x", x), ("weight", w)])?;
     match x.device() {
         Device::Cpu => {
             let mut y = Tensor::zeros(&with_last(x, d_out), x.dtype(), Device::Cpu);
@@ -57,6 +75,25 @@ pub fn linear_forward(x: &Tensor, w: &Tensor) -> Result<Tensor> {
             );
             Ok(y)
         }
+        Device::Cuda(_) => {
+            let y = Tensor::empty(&with_last(x, d_out), dtype, x.device())?;
+            let g = Gemm {
+                m: rows,
+                n: d_out,
+                k: d_in,
+                a: x.cuda_ptr(OP, "x")?,
+                a_t: false,
+                b: w.cuda_ptr(OP, "weight")?,
+                b_t: true,
+                c: y.cuda_ptr(OP, "y")?,
+                alpha: 1.0,
+                beta: 0.0,
+                ab: dtype,
+                c_dtype: dtype,
+            };
+            gemm(&*x.cuda_device(OP, "x")?, &g)?;
+            Ok(y)
+        }
     }
 }
 
@@ -64,8 +101,8 @@ pub fn linear_forward(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 pub fn linear_backward_input(dy: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (d_out, d_in) = weight_dims(w, "weight [out, in]")?;
     let rows = rows_of(dy, "dy", d_out)?;
-    dy.expect_dtype(OP, "dy", crate::DType::F32)?;
     crate::ops::same_device(OP, &[dy, w])?;
+    let dtype = check_dtypes(&[("dy", dy), ("weight", w)])?;
     match dy.device() {
         Device::Cpu => {
             let mut dx = Tensor::zeros(&with_last(dy, d_in), dy.dtype(), Device::Cpu);
@@ -80,6 +117,25 @@ pub fn linear_backward_input(dy: &Tensor, w: &Tensor) -> Result<Tensor> {
             );
             Ok(dx)
         }
+        Device::Cuda(_) => {
+            let dx = Tensor::empty(&with_last(dy, d_in), dtype, dy.device())?;
+            let g = Gemm {
+                m: rows,
+                n: d_in,
+                k: d_out,
+                a: dy.cuda_ptr(OP, "dy")?,
+                a_t: false,
+                b: w.cuda_ptr(OP, "weight")?,
+                b_t: false,
+                c: dx.cuda_ptr(OP, "dx")?,
+                alpha: 1.0,
+                beta: 0.0,
+                ab: dtype,
+                c_dtype: dtype,
+            };
+            gemm(&*dy.cuda_device(OP, "dy")?, &g)?;
+            Ok(dx)
+        }
     }
 }
 
@@ -89,6 +145,10 @@ pub fn linear_backward_weight(dy: &Tensor, x: &Tensor, dw: &mut Tensor) -> Resul
     let rows = rows_of(x, "x", d_in)?;
     dy.expect_shape(OP, "dy", &with_last(x, d_out))?;
     crate::ops::same_device(OP, &[dy, x, dw])?;
+    let dtype = check_dtypes(&[("dy", dy), ("x", x)])?;
+    if dw.dtype() != DType::F32 {
+        dw.expect_dtype(OP, "dweight", dtype)?;
+    }
     match dy.device() {
         Device::Cpu => {
             cpu::matmul::dyt_x(
@@ -100,6 +160,23 @@ pub fn linear_backward_weight(dy: &Tensor, x: &Tensor, dw: &mut Tensor) -> Resul
                 d_in,
             );
             Ok(())
+        }
+        Device::Cuda(_) => {
+            let g = Gemm {
+                m: d_out,
+                n: d_in,
+                k: rows,
+                a: dy.cuda_ptr(OP, "dy")?,
+                a_t: true,
+                b: x.cuda_ptr(OP, "x")?,
+                b_t: false,
+                c: dw.cuda_ptr(OP, "dweight")?,
+                alpha: 1.0,
+                beta: 1.0,
+                ab: dtype,
+                c_dtype: dw.dtype(),
+            };
+            gemm(&*dy.cuda_device(OP, "dy")?, &g)
         }
     }
 }

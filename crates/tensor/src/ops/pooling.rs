@@ -144,6 +144,7 @@ pub fn forward(hidden: &Tensor, offsets: &[u32], indices: &[u32]) -> Result<Tens
             );
             Ok(out)
         }
+        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
     }
 }
 
@@ -175,6 +176,7 @@ pub fn backward(
             );
             Ok(dhidden)
         }
+        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
     }
 }
 

@@ -21,6 +21,7 @@ pub fn forward(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             cpu::residual::forward(a.f32s(OP, "a")?, b.f32s(OP, "b")?, out.f32s_mut(OP, "out")?);
             Ok(out)
         }
+        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
     }
 }
 
@@ -38,6 +39,7 @@ pub fn backward(dout: &Tensor) -> Result<(Tensor, Tensor)> {
             );
             Ok((da, db))
         }
+        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
     }
 }
 
@@ -49,6 +51,7 @@ pub fn add_into(acc: &mut Tensor, x: &Tensor) -> Result<()> {
             cpu::residual::add_into(acc.f32s_mut(OP, "acc")?, x.f32s(OP, "x")?);
             Ok(())
         }
+        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
     }
 }
 

@@ -39,6 +39,7 @@ pub fn forward(x: &Tensor, weight: &Tensor, eps: f32) -> Result<RmsNormOut> {
             );
             Ok(RmsNormOut { y, rstd })
         }
+        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
     }
 }
 
@@ -73,6 +74,7 @@ pub fn backward(
             );
             Ok(dx)
         }
+        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
     }
 }
 

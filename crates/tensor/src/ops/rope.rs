@@ -160,6 +160,7 @@ fn rotate(x: &mut Tensor, positions: &[u32], table: &RopeTable, inverse: bool) -
             }
             Ok(())
         }
+        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
     }
 }
 

@@ -28,6 +28,7 @@ pub fn forward(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
             );
             Ok(out)
         }
+        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
     }
 }
 
@@ -50,6 +51,7 @@ pub fn backward(dout: &Tensor, gate: &Tensor, up: &Tensor) -> Result<(Tensor, Te
             );
             Ok((dgate, dup))
         }
+        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
     }
 }
 

@@ -1,0 +1,216 @@
+//! Token embeddings with extra trainable rows appended to the vocabulary:
+//! ids below the base vocabulary read the (frozen, shared) table, ids
+//! V..V+k read a separate small [k, hidden] tensor (LLM2Comp's memory
+//! tokens). Keeping the k rows apart means training them never copies or
+//! touches the V-row table the decoder also reads, and their gradient is a
+//! [k, hidden] buffer rather than a [V + k, hidden] one.
+
+use std::sync::Arc;
+
+use llm2comp_tensor::ops::embedding;
+use llm2comp_tensor::{DType, Result, Tensor, TensorError};
+
+const OP: &str = "TokenEmbedding";
+
+/// The base table [V, H] and optional extra rows [k, H] for ids V..V+k.
+#[derive(Debug, Clone)]
+pub struct TokenEmbedding {
+    table: Arc<Tensor>,
+    extra: Option<Tensor>,
+}
+
+impl TokenEmbedding {
+    /// A lookup over `table` [V, H] (f32) without extra rows.
+    pub fn new(table: Arc<Tensor>) -> Result<Self> {
+        table.expect_dtype(OP, "table", DType::F32)?;
+        table.dims2(OP, "table [V, H]")?;
+        Ok(Self { table, extra: None })
+    }
+
+    /// The base table [V, H].
+    pub fn table(&self) -> &Arc<Tensor> {
+        &self.table
+    }
+
+    /// The base table, mutably (copied first if another model shares it).
+    pub fn table_mut(&mut self) -> &mut Tensor {
+        Arc::make_mut(&mut self.table)
+    }
+
+    /// Base vocabulary size V.
+    pub fn base_vocab(&self) -> usize {
+        self.table.shape()[0]
+    }
+
+    /// Width H.
+    pub fn hidden(&self) -> usize {
+        self.table.shape()[1]
+    }
+
+    /// The extra rows [k, H], if any.
+    pub fn extra(&self) -> Option<&Tensor> {
+        self.extra.as_ref()
+    }
+
+    /// The extra rows, mutably (an optimiser updates them in place).
+    pub fn extra_mut(&mut self) -> Option<&mut Tensor> {
+        self.extra.as_mut()
+    }
+
+    /// The table (copied first if shared) when `table`, and the extra rows, both mutably.
+    pub fn parts_mut(&mut self, table: bool) -> (Option<&mut Tensor>, Option<&mut Tensor>) {
+        let t = if table {
+            Some(Arc::make_mut(&mut self.table))
+        } else {
+            None
+        };
+        (t, self.extra.as_mut())
+    }
+
+    /// Sets (or with `None` removes) the extra rows [k, H] read for ids V..V+k.
+    pub fn set_extra(&mut self, rows: Option<Tensor>) -> Result<()> {
+        if let Some(r) = &rows {
+            r.expect_dtype(OP, "extra rows", DType::F32)?;
+            let (_, h) = r.dims2(OP, "extra rows [k, H]")?;
+            if h != self.hidden() {
+                return Err(TensorError::shape(
+                    OP,
+                    "extra rows",
+                    format!("[k, {}]", self.hidden()),
+                    r.shape(),
+                ));
+            }
+        }
+        self.extra = rows;
+        Ok(())
+    }
+
+    /// Total ids accepted: V + k.
+    pub fn vocab(&self) -> usize {
+        self.base_vocab() + self.extra.as_ref().map_or(0, |e| e.shape()[0])
+    }
+
+    fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        let v = self.vocab();
+        match ids.iter().position(|&i| i as usize >= v) {
+            Some(p) => Err(TensorError::invalid(
+                OP,
+                format!(
+                    "token id {} at position {p} is out of range: {} base ids + {} extra rows",
+                    ids[p],
+                    self.base_vocab(),
+                    v - self.base_vocab()
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Base ids with extra ids replaced by 0, and the (position, extra row) of each extra id.
+    fn split(&self, ids: &[u32]) -> (Vec<u32>, Vec<(usize, usize)>) {
+        let v = self.base_vocab();
+        let mut base = ids.to_vec();
+        let mut extra = Vec::new();
+        for (p, id) in base.iter_mut().enumerate() {
+            if *id as usize >= v {
+                extra.push((p, *id as usize - v));
+                *id = 0;
+            }
+        }
+        (base, extra)
+    }
+
+    /// out [ids.len(), H]: table rows for base ids, extra rows for ids ≥ V.
+    pub fn forward(&self, ids: &[u32]) -> Result<Tensor> {
+        self.check_ids(ids)?;
+        let (base, extra) = self.split(ids);
+        let mut out = embedding::forward(&base, &self.table)?;
+        if let Some(rows) = &self.extra {
+            let h = self.hidden();
+            let src = rows.f32s(OP, "extra rows")?;
+            let dst = out.f32s_mut(OP, "out")?;
+            for (p, r) in extra {
+                dst[p * h..(p + 1) * h].copy_from_slice(&src[r * h..(r + 1) * h]);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds dout's rows into `dtable` [V, H] (base ids) and `dextra` [k, H]
+    /// (extra ids) where given; a frozen part passes `None`.
+    pub fn backward(
+        &self,
+        ids: &[u32],
+        dout: &Tensor,
+        dtable: Option<&mut Tensor>,
+        dextra: Option<&mut Tensor>,
+    ) -> Result<()> {
+        self.check_ids(ids)?;
+        let h = self.hidden();
+        dout.expect_shape(OP, "dout", &[ids.len(), h])?;
+        let (base, extra) = self.split(ids);
+        if let Some(dt) = dtable {
+            if extra.is_empty() {
+                embedding::backward(&base, dout, dt)?;
+            } else {
+                // Rows of extra ids must not land on base row 0.
+                let mut masked = dout.clone();
+                let m = masked.f32s_mut(OP, "dout")?;
+                for &(p, _) in &extra {
+                    m[p * h..(p + 1) * h].fill(0.0);
+                }
+                embedding::backward(&base, &masked, dt)?;
+            }
+        }
+        if let (Some(de), Some(rows)) = (dextra, &self.extra) {
+            de.expect_shape(OP, "dextra", rows.shape())?;
+            let src = dout.f32s(OP, "dout")?;
+            let dst = de.f32s_mut(OP, "dextra")?;
+            for (p, r) in extra {
+                for (d, s) in dst[r * h..(r + 1) * h]
+                    .iter_mut()
+                    .zip(&src[p * h..(p + 1) * h])
+                {
+                    *d += s;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llm2comp_tensor::Device;
+
+    #[test]
+    fn extra_rows_are_read_and_trained_apart_from_the_table() {
+        let table = Tensor::from_vec((0..8).map(|v| v as f32).collect(), &[4, 2]).unwrap();
+        let mut e = TokenEmbedding::new(Arc::new(table)).unwrap();
+        e.set_extra(Some(
+            Tensor::from_vec(vec![-1.0f32, -2.0, -3.0, -4.0], &[2, 2]).unwrap(),
+        ))
+        .unwrap();
+        assert_eq!(e.vocab(), 6);
+        let ids = [5, 1, 4, 5];
+        let out = e.forward(&ids).unwrap();
+        assert_eq!(out.to_vec_f32(), [-3., -4., 2., 3., -1., -2., -3., -4.]);
+        let dout = Tensor::from_vec((1..=8).map(|v| v as f32).collect(), &[4, 2]).unwrap();
+        let mut dt = Tensor::zeros(&[4, 2], DType::F32, Device::Cpu);
+        let mut dx = Tensor::zeros(&[2, 2], DType::F32, Device::Cpu);
+        e.backward(&ids, &dout, Some(&mut dt), Some(&mut dx))
+            .unwrap();
+        assert_eq!(dt.to_vec_f32(), [0., 0., 3., 4., 0., 0., 0., 0.]);
+        assert_eq!(dx.to_vec_f32(), [5., 6., 1. + 7., 2. + 8.]);
+        let err = e.forward(&[6]).unwrap_err().to_string();
+        assert!(
+            err.contains("token id 6") && err.contains("2 extra rows"),
+            "{err}"
+        );
+        assert!(
+            e.set_extra(Some(Tensor::zeros(&[1, 3], DType::F32, Device::Cpu)))
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,111 @@
+//! The model layers, each with an explicit forward (returning the cache its
+//! backward needs) and backward. No autograd tape: a layer's caller keeps the
+//! layer's *input* (llm.c style) and hands it back to backward, so an
+//! activation shared by several consumers (the normed x feeding q, k and v)
+//! is stored once.
+//!
+//! Gradient convention: activation gradients are returned fresh; trainable
+//! tensors (LoRA A/B, memory-token rows, optionally the final norm and the
+//! embeddings) get gradients *added* into caller-owned buffers, `None` where
+//! frozen. Base weights are frozen and held in `Arc`s, so an encoder (LoRA,
+//! bidirectional) and a decoder / teacher (no LoRA, causal) share one copy;
+//! whether LoRA and which mask apply is chosen per call by [`Pass`].
+//!
+//! CPU note: bias broadcast, LoRA scaling, memory-row gathers and LoRA merges
+//! touch host slices directly (there is no tensor op for them yet); they are
+//! O(tokens·width) or one-off, and are the spots the CUDA backend must route.
+
+pub mod attention;
+pub mod block;
+pub mod embedding;
+pub mod linear;
+pub mod lora;
+pub mod mlp;
+pub mod rmsnorm;
+pub mod transformer;
+pub mod weights;
+
+#[cfg(test)]
+pub(crate) mod grad_check;
+
+/// How one forward call runs: the mask, whether LoRA side paths apply, and
+/// dropout (training passes only).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pass {
+    /// Causal (decoder, teacher) or bidirectional (the compression encoder).
+    pub causal: bool,
+    /// Whether LoRA side paths are added (the encoder) or skipped (decoder / teacher).
+    pub lora: bool,
+    /// Seed of this pass's dropout masks; `None` disables all dropout (evaluation).
+    pub dropout_seed: Option<u64>,
+    /// Dropout probability on attention probabilities, applied only with a seed.
+    pub attn_dropout: f32,
+    /// Keep only each block's input and recompute the block in backward
+    /// (gradient checkpointing: memory O(layers·tokens·hidden) instead of all activations).
+    pub checkpoint: bool,
+}
+
+impl Pass {
+    /// A causal evaluation pass without LoRA (the frozen decoder / teacher).
+    pub fn causal() -> Self {
+        Self {
+            causal: true,
+            lora: false,
+            dropout_seed: None,
+            attn_dropout: 0.0,
+            checkpoint: false,
+        }
+    }
+
+    /// A bidirectional evaluation pass with LoRA (the encoder).
+    pub fn bidirectional() -> Self {
+        Self {
+            causal: false,
+            lora: true,
+            ..Self::causal()
+        }
+    }
+
+    /// This pass with LoRA switched on or off.
+    pub fn with_lora(self, lora: bool) -> Self {
+        Self { lora, ..self }
+    }
+
+    /// This pass as a training pass whose dropout masks derive from `seed`.
+    pub fn with_dropout(self, seed: u64, attn_dropout: f32) -> Self {
+        Self {
+            dropout_seed: Some(seed),
+            attn_dropout,
+            ..self
+        }
+    }
+
+    /// This pass with gradient checkpointing on or off.
+    pub fn with_checkpoint(self, checkpoint: bool) -> Self {
+        Self { checkpoint, ..self }
+    }
+}
+
+/// SplitMix64's finaliser: decorrelates seeds derived from one another.
+pub(crate) fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A seed for sub-stream `slot` of layer `layer` under `seed` (dropout masks, LoRA init).
+pub(crate) fn sub_seed(seed: u64, layer: usize, slot: u64) -> u64 {
+    mix(mix(seed ^ mix(layer as u64)) ^ slot)
+}
+
+/// `n` values uniform in [−bound, bound) from a counter-based stream: the same
+/// (seed, n) always gives the same values, whatever RNG crate version is linked.
+pub(crate) fn uniform_from_seed(seed: u64, n: usize, bound: f32) -> Vec<f32> {
+    (0..n as u64)
+        .map(|i| {
+            let u = (mix(seed ^ mix(i)) >> 40) as f32 / (1u64 << 24) as f32;
+            (2.0 * u - 1.0) * bound
+        })
+        .collect()
+}

@@ -1,0 +1,7 @@
+//! GPU tests: every CUDA kernel against the CPU reference on fresh random
+//! inputs. One test target so the GPU machine runs one executable; each
+//! family has its own module. Without a CUDA device every test prints
+//! `SKIPPED (no CUDA device)` and returns.
+
+mod common;
+mod core;

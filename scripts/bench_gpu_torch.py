@@ -1,0 +1,93 @@
+"""PyTorch baselines for the GPU benchmarks, run by scripts/gpu-check.sh on
+the GPU machine right after our own binaries, so every ratio in
+docs/benchmarks.md compares two numbers from the same run on the same card.
+
+Each result is one line `BENCH {json}` with the same names and FLOP counts as
+our binaries (benches/src/bin/*-gpu.rs):
+  attention: forward FLOPs = 4·B·S²·H·D (halved when causal), backward 2.5×;
+  fused CE: the eager version materialises the [N, V] logits, as the authors'
+  code does, and its peak memory is what the fused kernel avoids.
+Timing: CUDA events, warm-up first, median of the repeats.
+"""
+
+import json
+import statistics
+
+import torch
+import torch.nn.functional as F
+
+
+def timed(fn, warmup=3, repeat=15):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeat):
+        a = torch.cuda.Event(enable_timing=True)
+        b = torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def emit(**kw):
+    print("BENCH " + json.dumps(kw), flush=True)
+
+
+def attention():
+    torch.manual_seed(0)
+    h, d = 32, 128
+    for b, s in [(8, 512), (2, 4096)]:
+        for causal in [True, False]:
+            q, k, v = (
+                torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+                for _ in range(3)
+            )
+            flops = 4 * b * s * s * h * d * (0.5 if causal else 1.0)
+            fwd = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+            ms_f = timed(fwd)
+            o = fwd()
+            do = torch.randn_like(o)
+
+            def bwd():
+                torch.autograd.grad(o, (q, k, v), do, retain_graph=True)
+
+            ms_b = timed(bwd)
+            mode = "causal" if causal else "bidirectional"
+            name = f"attention b{b} s{s} h{h} d{d} {mode}"
+            emit(impl="torch-sdpa", name=name + " fwd", ms=ms_f, tflops=flops / ms_f / 1e9)
+            emit(impl="torch-sdpa", name=name + " bwd", ms=ms_b, tflops=2.5 * flops / ms_b / 1e9)
+
+
+def fused_ce():
+    torch.manual_seed(0)
+    n, hid, vocab = 8 * 512, 576, 49152
+    hs = torch.randn(n, hid, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = (torch.randn(vocab, hid, device="cuda", dtype=torch.bfloat16) * 0.02).requires_grad_()
+    tgt = torch.randint(0, vocab, (n,), device="cuda")
+
+    def step():
+        logits = (hs @ w.T).float()
+        loss = F.cross_entropy(logits, tgt)
+        loss.backward()
+        hs.grad = None
+        w.grad = None
+
+    step()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    ms = timed(step)
+    emit(impl="torch-eager", name=f"linear_xent fwd+bwd n{n} h{hid} v{vocab}", ms=ms, peak_bytes=peak)
+
+
+if __name__ == "__main__":
+    print(torch.__version__, torch.cuda.get_device_name())
+    attention()
+    fused_ce()

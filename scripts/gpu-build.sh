@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Builds, on this (GPU-less) machine, everything scripts/gpu-check.sh runs on
+# the GPU machine, which has no Rust toolchain: the GPU test executable, the
+# GPU benchmark binaries and the CLI, stripped, into gpu-bin/ (git-ignored;
+# name it in the device tool's `carry`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=gpu-bin
+rm -rf "$out"
+mkdir -p "$out"
+
+# The one GPU test target of the tensor crate.
+exe=$(cargo test --release --locked -p llm2comp-tensor --test gpu --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "gpu" and m.get("executable"):
+        print(m["executable"])')
+cp "$exe" "$out/gpu-tests"
+
+# GPU benchmark binaries (each skips cleanly without a device).
+bins=()
+for f in benches/src/bin/*-gpu.rs; do
+    [ -e "$f" ] && bins+=(--bin "$(basename "$f" .rs)")
+done
+if [ ${#bins[@]} -gt 0 ]; then
+    cargo build --release --locked -p llm2comp-benches "${bins[@]}"
+    for b in "${bins[@]}"; do
+        [ "$b" = --bin ] || cp "target/release/$b" "$out/"
+    done
+fi
+cargo build --release --locked -p llm2comp-cli
+cp target/release/llm2comp "$out/"
+
+strip "$out"/*
+cp scripts/gpu-check.sh scripts/bench_gpu_torch.py "$out/" 2>/dev/null || true
+du -sh "$out"
+ls -l "$out"
