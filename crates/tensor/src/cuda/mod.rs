@@ -12,10 +12,16 @@
 //! a library is missing, so [`device`] checks for each one first and returns
 //! an error that says what is missing instead.
 
+pub mod adamw;
 mod alloc;
 pub mod cast;
+pub mod dropout;
+pub mod embedding;
+pub mod grad_clip;
+pub mod infonce;
 pub mod matmul;
 pub mod modules;
+pub mod pooling;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

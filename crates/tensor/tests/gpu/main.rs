@@ -3,5 +3,11 @@
 //! family has its own module. Without a CUDA device every test prints
 //! `SKIPPED (no CUDA device)` and returns.
 
+mod adamw;
 mod common;
 mod core;
+mod dropout;
+mod embedding;
+mod grad_clip;
+mod infonce;
+mod pooling;
