@@ -20,7 +20,8 @@ fn host_f32(t: &Tensor) -> Result<Tensor> {
     t.to_device(Device::Cpu)?.try_to_dtype(DType::F32)
 }
 
-/// The CPU forward on host copies of q and k (F32 or BF16, same dtype), its state put back on q's device.
+/// The CPU forward on host copies of q and k (F32 or BF16, same dtype); its saved
+/// state goes back to q's device in f32.
 pub fn forward(q: &Tensor, k: &Tensor, labels: &[u32], temperature: f32) -> Result<InfoNceOut> {
     for (t, what) in [(q, "q"), (k, "k")] {
         if !matches!(t.dtype(), DType::F32 | DType::BF16) {
@@ -46,7 +47,8 @@ pub fn forward(q: &Tensor, k: &Tensor, labels: &[u32], temperature: f32) -> Resu
     })
 }
 
-/// The CPU backward on host copies of the saved state; dq and dk in `saved.grad_dtype` on its device.
+/// The CPU backward on host copies of the saved state; dq and dk come back on its
+/// device in `saved.grad_dtype`.
 pub fn backward(saved: &InfoNceOut, labels: &[u32], temperature: f32) -> Result<InfoNceGrads> {
     let dev = saved.qhat.device();
     let host = InfoNceOut {

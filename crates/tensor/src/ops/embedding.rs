@@ -55,8 +55,9 @@ pub fn forward(ids: &[u32], table: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// dtable[ids[p]] += dout[p]; rows no id names are left untouched. dout: [ids.len(), H];
-/// dtable: [V, H] f32 (dout may be bf16 on CUDA). (There is no input gradient, so a frozen table simply skips this call.)
+/// dtable[ids[p]] += dout[p]; rows no id names are left untouched. dout: [ids.len(), H]
+/// (f32; f32 or bf16 on CUDA); dtable: [V, H] f32. (There is no input gradient, so a
+/// frozen table simply skips this call.)
 pub fn backward(ids: &[u32], dout: &Tensor, dtable: &mut Tensor) -> Result<()> {
     let (vocab, hidden) = dtable.dims2(OP, "dtable [V, H]")?;
     dtable.expect_dtype(OP, "dtable", DType::F32)?;
