@@ -16,27 +16,25 @@
 
 #include <cuda_bf16.h>
 
-namespace {
-
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ void store(float* p, long long i, float v) { p[i] = v; }
-__device__ __forceinline__ void store(__nv_bfloat16* p, long long i, float v) {
+static __device__ __forceinline__ float to_f32(float v) { return v; }
+static __device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+static __device__ __forceinline__ void store(float* p, long long i, float v) { p[i] = v; }
+static __device__ __forceinline__ void store(__nv_bfloat16* p, long long i, float v) {
     p[i] = __float2bfloat16_rn(v);
 }
 
-__device__ __forceinline__ unsigned long long mix64(unsigned long long z) {
+static __device__ __forceinline__ unsigned long long mix64(unsigned long long z) {
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
     return z ^ (z >> 31);
 }
 
-__device__ __forceinline__ unsigned hash_u32(unsigned long long seed, unsigned long long index) {
+static __device__ __forceinline__ unsigned hash_u32(unsigned long long seed, unsigned long long index) {
     return (unsigned)(mix64(seed ^ mix64(index + 0x9e3779b97f4a7c15ULL)) >> 32);
 }
 
 template <typename T>
-__device__ void apply(const T* __restrict__ src, T* __restrict__ dst, long long n,
+static __device__ void apply(const T* __restrict__ src, T* __restrict__ dst, long long n,
                       unsigned long long seed, unsigned long long offset, unsigned long long thr,
                       float scale) {
     const long long stride = (long long)gridDim.x * blockDim.x;
@@ -46,7 +44,6 @@ __device__ void apply(const T* __restrict__ src, T* __restrict__ dst, long long 
     }
 }
 
-}  // namespace
 
 extern "C" __global__ void dropout_f32(const float* src, float* dst, long long n,
                                        unsigned long long seed, unsigned long long offset,

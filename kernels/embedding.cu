@@ -21,13 +21,11 @@
 
 #include <cuda_bf16.h>
 
-namespace {
-
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+static __device__ __forceinline__ float to_f32(float v) { return v; }
+static __device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
 
 template <typename T>
-__device__ void gather(const unsigned* __restrict__ ids, const T* __restrict__ table,
+static __device__ void gather(const unsigned* __restrict__ ids, const T* __restrict__ table,
                        T* __restrict__ out, int hidden) {
     const unsigned long long p = blockIdx.x;
     const unsigned long long src = (unsigned long long)ids[p] * hidden;
@@ -36,7 +34,7 @@ __device__ void gather(const unsigned* __restrict__ ids, const T* __restrict__ t
 }
 
 template <typename T>
-__device__ void scatter_runs(const unsigned* __restrict__ order,
+static __device__ void scatter_runs(const unsigned* __restrict__ order,
                              const unsigned* __restrict__ run_start,
                              const unsigned* __restrict__ run_row, const T* __restrict__ dout,
                              float* __restrict__ dst, int hidden, int accumulate) {
@@ -53,7 +51,6 @@ __device__ void scatter_runs(const unsigned* __restrict__ order,
     }
 }
 
-}  // namespace
 
 extern "C" __global__ void embedding_fwd_f32(const unsigned* ids, const float* table, float* out,
                                              int hidden) {

@@ -23,20 +23,18 @@
 
 #include <cuda_bf16.h>
 
-namespace {
-
 constexpr int kBlock = 256;
 
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ void store(float* p, long long i, float v) { p[i] = v; }
-__device__ __forceinline__ void store(__nv_bfloat16* p, long long i, float v) {
+static __device__ __forceinline__ float to_f32(float v) { return v; }
+static __device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+static __device__ __forceinline__ void store(float* p, long long i, float v) { p[i] = v; }
+static __device__ __forceinline__ void store(__nv_bfloat16* p, long long i, float v) {
     p[i] = __float2bfloat16_rn(v);
 }
 
-// Sum of v over a kBlock-thread block; valid in thread 0 only.
-__device__ double block_sum(double v) {
-    __shared__ double sh[kBlock];
+// Sum of v over a kBlock-thread block, through `sh` (kBlock doubles of shared
+// memory, declared by the kernel); valid in thread 0 only.
+static __device__ double block_sum(double v, double* sh) {
     sh[threadIdx.x] = v;
     __syncthreads();
     for (int s = kBlock / 2; s > 0; s >>= 1) {
@@ -47,40 +45,42 @@ __device__ double block_sum(double v) {
 }
 
 template <typename T>
-__device__ void block_partials(const T* __restrict__ x, long long n, double* __restrict__ out) {
+static __device__ void block_partials(const T* __restrict__ x, long long n, double* __restrict__ out,
+                                      double* sh) {
     double acc = 0.0;
     const long long stride = (long long)gridDim.x * kBlock;
     for (long long i = (long long)blockIdx.x * kBlock + threadIdx.x; i < n; i += stride) {
         const double d = (double)to_f32(x[i]);
         acc += d * d;
     }
-    const double total = block_sum(acc);
+    const double total = block_sum(acc, sh);
     if (threadIdx.x == 0) out[blockIdx.x] = total;
 }
 
 template <typename T>
-__device__ void scale(T* __restrict__ x, long long n, float factor) {
+static __device__ void scale(T* __restrict__ x, long long n, float factor) {
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
         store(x, i, __fmul_rn(to_f32(x[i]), factor));
     }
 }
 
-}  // namespace
-
 extern "C" __global__ void sumsq_partials_f32(const float* x, long long n, double* partials) {
-    block_partials(x, n, partials);
+    __shared__ double sh[kBlock];
+    block_partials(x, n, partials, sh);
 }
 
 extern "C" __global__ void sumsq_partials_bf16(const __nv_bfloat16* x, long long n,
                                                double* partials) {
-    block_partials(x, n, partials);
+    __shared__ double sh[kBlock];
+    block_partials(x, n, partials, sh);
 }
 
 extern "C" __global__ void sumsq_final(const double* partials, int count, double* out) {
     double acc = 0.0;
     for (int i = threadIdx.x; i < count; i += kBlock) acc += partials[i];
-    const double total = block_sum(acc);
+    __shared__ double sh[kBlock];
+    const double total = block_sum(acc, sh);
     if (threadIdx.x == 0) out[0] = total;
 }
 

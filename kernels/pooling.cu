@@ -20,21 +20,19 @@
 
 #include <cuda_bf16.h>
 
-namespace {
-
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ void store(float* p, unsigned long long i, float v) { p[i] = v; }
-__device__ __forceinline__ void store(__nv_bfloat16* p, unsigned long long i, float v) {
+static __device__ __forceinline__ float to_f32(float v) { return v; }
+static __device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+static __device__ __forceinline__ void store(float* p, unsigned long long i, float v) { p[i] = v; }
+static __device__ __forceinline__ void store(__nv_bfloat16* p, unsigned long long i, float v) {
     p[i] = __float2bfloat16_rn(v);
 }
 
-__device__ __forceinline__ float inv_len(const unsigned* offsets, unsigned s) {
+static __device__ __forceinline__ float inv_len(const unsigned* offsets, unsigned s) {
     return __fdiv_rn(1.0f, (float)(offsets[s + 1] - offsets[s]));
 }
 
 template <typename X>
-__device__ void fwd(const X* __restrict__ hidden, const unsigned* __restrict__ offsets,
+static __device__ void fwd(const X* __restrict__ hidden, const unsigned* __restrict__ offsets,
                     const unsigned* __restrict__ indices, X* __restrict__ out, int h) {
     const unsigned s = blockIdx.x;
     const unsigned begin = offsets[s], end = offsets[s + 1];
@@ -50,7 +48,7 @@ __device__ void fwd(const X* __restrict__ hidden, const unsigned* __restrict__ o
 }
 
 template <typename X>
-__device__ void bwd(const X* __restrict__ dout, const unsigned* __restrict__ offsets,
+static __device__ void bwd(const X* __restrict__ dout, const unsigned* __restrict__ offsets,
                     const unsigned* __restrict__ row_start, const unsigned* __restrict__ row_sets,
                     X* __restrict__ dhidden, int h) {
     const unsigned t = blockIdx.x;
@@ -67,7 +65,6 @@ __device__ void bwd(const X* __restrict__ dout, const unsigned* __restrict__ off
     }
 }
 
-}  // namespace
 
 extern "C" __global__ void pooling_fwd_f32(const float* hidden, const unsigned* offsets,
                                            const unsigned* indices, float* out, int h) {

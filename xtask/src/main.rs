@@ -117,7 +117,35 @@ fn compile(nvcc: &Path, src: &Path, out: &Path) -> Result<()> {
     if !status.success() {
         bail!("nvcc failed on {}", src.display());
     }
+    let text = std::fs::read_to_string(out)?;
+    std::fs::write(out, portable_file_paths(&text))?;
     Ok(())
+}
+
+/// `-lineinfo` records absolute paths in `.file` directives: the checkout's
+/// and nvcc's install directory. Both differ between machines, which would make
+/// every committed PTX look stale elsewhere; rewrite them to `kernels/x.cu`
+/// and `<cuda>/include/x.h` (profilers still map lines by file name).
+fn portable_file_paths(ptx: &str) -> String {
+    let mut out = String::with_capacity(ptx.len());
+    for line in ptx.lines() {
+        match line.split_once('"') {
+            Some((head, rest)) if line.trim_start().starts_with(".file") => {
+                let (path, tail) = rest.split_once('"').unwrap_or((rest, ""));
+                let portable = if let Some(i) = path.rfind("/kernels/") {
+                    path[i + 1..].to_string()
+                } else if let Some(i) = path.rfind("/include/") {
+                    format!("<cuda>{}", &path[i..])
+                } else {
+                    path.to_string()
+                };
+                out.push_str(&format!("{head}\"{portable}\"{tail}"));
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Refuses PTX whose `.version` the deployed driver would reject at load time.

@@ -8,15 +8,18 @@
 
 mod config;
 mod dequant;
+pub mod embedder;
 mod error;
 mod gguf;
 mod gguf_config;
 pub mod layers;
+pub mod model;
 pub mod pooling;
 mod safetensors_files;
 
 pub use config::{Architecture, AttentionBias, ModelConfig};
 pub use dequant::dequantize;
+pub use embedder::{EmbedOptions, Embedder};
 pub use error::{BackboneError, Result};
 pub use gguf::{GgufFile, GgufTensorInfo, GgufValue, unpermute_qk_rows};
 pub use layers::Pass;
@@ -24,5 +27,6 @@ pub use layers::lora::{Lora, LoraConfig, LoraGrads, LoraTarget};
 pub use layers::transformer::{
     Input, Param, Trainable, Transformer, TransformerCache, TransformerGrads,
 };
+pub use model::{ModelFormat, ModelInfo};
 pub use pooling::Pooling;
 pub use safetensors_files::SafetensorsFiles;

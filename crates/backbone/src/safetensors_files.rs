@@ -99,6 +99,18 @@ impl SafetensorsFiles {
         v
     }
 
+    /// The header's dtype name (`F32`, `BF16`, ...) and shape of `name`.
+    pub fn dtype_and_shape(&self, name: &str) -> Option<(String, Vec<usize>)> {
+        let shard = &self.shards[*self.owner.get(name)?];
+        let info = shard.meta.info(name)?;
+        Some((format!("{:?}", info.dtype), info.shape.clone()))
+    }
+
+    /// The files, in load order.
+    pub fn paths(&self) -> Vec<&Path> {
+        self.shards.iter().map(|s| s.path.as_path()).collect()
+    }
+
     /// The file holding `name`, if any.
     pub fn file_of(&self, name: &str) -> Option<&Path> {
         self.owner.get(name).map(|&i| self.shards[i].path.as_path())

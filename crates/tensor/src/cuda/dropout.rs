@@ -21,12 +21,10 @@ pub fn apply(src: &Tensor, p: f32, seed: u64, offset: u64, what: &'static str) -
         DType::F32 => "dropout_f32",
         DType::BF16 => "dropout_bf16",
         found => {
-            return Err(TensorError::DType {
-                op: OP,
-                what,
-                expected: DType::F32,
-                found,
-            });
+            return Err(TensorError::invalid(
+                OP,
+                format!("{what} is {found}; the CUDA kernels take f32 or bf16"),
+            ));
         }
     };
     let dev = src.cuda_device(OP, what)?;

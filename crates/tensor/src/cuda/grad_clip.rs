@@ -25,12 +25,10 @@ fn dtype_name(t: &Tensor) -> Result<&'static str> {
     match t.dtype() {
         DType::F32 => Ok("f32"),
         DType::BF16 => Ok("bf16"),
-        found => Err(TensorError::DType {
-            op: OP,
-            what: "grad",
-            expected: DType::F32,
-            found,
-        }),
+        found => Err(TensorError::invalid(
+            OP,
+            format!("grad is {found}; the CUDA kernels take f32 or bf16"),
+        )),
     }
 }
 

@@ -25,12 +25,10 @@ fn host_f32(t: &Tensor) -> Result<Tensor> {
 pub fn forward(q: &Tensor, k: &Tensor, labels: &[u32], temperature: f32) -> Result<InfoNceOut> {
     for (t, what) in [(q, "q"), (k, "k")] {
         if !matches!(t.dtype(), DType::F32 | DType::BF16) {
-            return Err(TensorError::DType {
-                op: OP,
-                what,
-                expected: DType::F32,
-                found: t.dtype(),
-            });
+            return Err(TensorError::invalid(
+                OP,
+                format!("{what} is {}; the CUDA kernels take f32 or bf16", t.dtype()),
+            ));
         }
     }
     k.expect_dtype(OP, "k (must match q)", q.dtype())?;

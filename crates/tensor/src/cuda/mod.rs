@@ -19,9 +19,15 @@ pub mod dropout;
 pub mod embedding;
 pub mod grad_clip;
 pub mod infonce;
+pub mod linear_kl;
+pub mod linear_xent;
 pub mod matmul;
 pub mod modules;
 pub mod pooling;
+pub mod residual;
+pub mod rmsnorm;
+pub mod rope;
+pub mod swiglu;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -44,3 +44,24 @@ pub const POOLING: Module = Module::new(
     "pooling",
     include_str!("../../../../kernels/ptx/pooling.ptx"),
 );
+
+/// Fused LM head + cross-entropy and KL(teacher ‖ student) tile kernels.
+pub const LINEAR_XENT: Module = Module::new(
+    "linear_xent",
+    include_str!("../../../../kernels/ptx/linear_xent.ptx"),
+);
+/// RMSNorm forward/backward.
+pub const RMSNORM: Module = Module::new(
+    "rmsnorm",
+    include_str!("../../../../kernels/ptx/rmsnorm.ptx"),
+);
+/// Rotary position embedding.
+pub const ROPE: Module = Module::new("rope", include_str!("../../../../kernels/ptx/rope.ptx"));
+/// SwiGLU forward/backward.
+pub const SWIGLU: Module =
+    Module::new("swiglu", include_str!("../../../../kernels/ptx/swiglu.ptx"));
+/// Residual add, its backward and in-place accumulation.
+pub const RESIDUAL: Module = Module::new(
+    "residual",
+    include_str!("../../../../kernels/ptx/residual.ptx"),
+);

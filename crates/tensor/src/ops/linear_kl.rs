@@ -10,7 +10,7 @@
 use crate::cpu::linear_kl::KlInputs;
 use crate::cpu::linear_xent::Tiling;
 use crate::ops::linear_xent::{check_row_weights, checked_tiling};
-use crate::{Device, Result, Tensor, TensorError, cpu};
+use crate::{Device, Result, Tensor, TensorError, cpu, cuda};
 
 pub use crate::cpu::linear_xent::{ROW_CHUNK, VOCAB_TILE};
 
@@ -45,14 +45,14 @@ pub struct LinearKlOut {
     pub lse_student: Tensor,
 }
 
-/// Checks every input; returns (rows, hidden size, tiling).
+/// Checks every input; returns (rows, hidden size, vocabulary, tiling).
 fn validate(
     teacher: &Tensor,
     student: &Tensor,
     weight: &Tensor,
     row_weights: Option<&[f32]>,
     opts: &LinearKlOptions,
-) -> Result<(usize, usize, Tiling)> {
+) -> Result<(usize, usize, usize, Tiling)> {
     let tiling = checked_tiling(OP, opts.row_chunk, opts.vocab_tile)?;
     let dim = *student
         .shape()
@@ -73,11 +73,32 @@ fn validate(
     if let Some(w) = row_weights {
         check_row_weights(OP, w, rows)?;
     }
-    Ok((rows, dim, tiling))
+    Ok((rows, dim, vocab, tiling))
+}
+
+/// The CUDA launchers' view of validated inputs (device tensors).
+fn cuda_args<'a>(
+    teacher: &'a Tensor,
+    student: &'a Tensor,
+    weight: &'a Tensor,
+    (rows, dim, vocab, tiling): (usize, usize, usize, Tiling),
+    row_weights: Option<&'a [f32]>,
+) -> cuda::linear_kl::KlArgs<'a> {
+    cuda::linear_kl::KlArgs {
+        teacher,
+        student,
+        weight,
+        dim,
+        vocab,
+        rows,
+        row_weights,
+        tiling,
+    }
 }
 
 /// KL(softmax(teacher·Wᵀ) ‖ softmax(student·Wᵀ)) per row, weighted and summed.
-/// teacher, student: [.., H] (same shape); weight: [V, H]; `row_weights`: one per row; f32.
+/// teacher, student: [.., H] (same shape); weight: [V, H]; `row_weights`: one per row;
+/// f32 on the CPU, f32 or bf16 (all the same) on CUDA, where the lse are f32.
 pub fn forward(
     teacher: &Tensor,
     student: &Tensor,
@@ -85,7 +106,8 @@ pub fn forward(
     row_weights: Option<&[f32]>,
     opts: &LinearKlOptions,
 ) -> Result<LinearKlOut> {
-    let (rows, dim, tiling) = validate(teacher, student, weight, row_weights, opts)?;
+    let v = validate(teacher, student, weight, row_weights, opts)?;
+    let (rows, dim, _, tiling) = v;
     match student.device() {
         Device::Cpu => {
             let mut lse_teacher = Tensor::zeros(&[rows], student.dtype(), Device::Cpu);
@@ -109,7 +131,15 @@ pub fn forward(
                 lse_student,
             })
         }
-        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
+        Device::Cuda(_) => {
+            let x = cuda_args(teacher, student, weight, v, row_weights);
+            let (loss, lse_teacher, lse_student) = cuda::linear_kl::forward(&x)?;
+            Ok(LinearKlOut {
+                loss,
+                lse_teacher,
+                lse_student,
+            })
+        }
     }
 }
 
@@ -126,7 +156,8 @@ pub fn backward(
     dweight: Option<&mut Tensor>,
     opts: &LinearKlOptions,
 ) -> Result<Tensor> {
-    let (rows, dim, tiling) = validate(teacher, student, weight, row_weights, opts)?;
+    let v = validate(teacher, student, weight, row_weights, opts)?;
+    let (rows, dim, _, tiling) = v;
     lse_teacher.expect_shape(OP, "lse_teacher", &[rows])?;
     lse_student.expect_shape(OP, "lse_student", &[rows])?;
     crate::ops::same_device(OP, &[student, lse_teacher, lse_student])?;
@@ -159,7 +190,10 @@ pub fn backward(
             );
             Ok(ds)
         }
-        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
+        Device::Cuda(_) => {
+            let x = cuda_args(teacher, student, weight, v, row_weights);
+            cuda::linear_kl::backward(&x, dloss, lse_teacher, lse_student, dweight)
+        }
     }
 }
 
@@ -175,8 +209,7 @@ pub fn workspace_bytes(
     let tiling = Tiling::at_least_one(opts.row_chunk, opts.vocab_tile);
     match device {
         Device::Cpu => cpu::linear_kl::workspace_bytes(rows, dim, vocab, tiling),
-        // Until the CUDA kernels land the CPU tiling is the only estimate.
-        Device::Cuda(_) => cpu::linear_kl::workspace_bytes(rows, dim, vocab, tiling),
+        Device::Cuda(_) => cuda::linear_kl::workspace_bytes(rows, dim, vocab, tiling),
     }
 }
 

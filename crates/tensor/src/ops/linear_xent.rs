@@ -7,7 +7,7 @@
 //! small, and the caller builds them on the host from token ids anyway.
 
 use crate::cpu::linear_xent::{Tiling, XentInputs};
-use crate::{Device, Result, Tensor, TensorError, cpu};
+use crate::{Device, Result, Tensor, TensorError, cpu, cuda};
 
 pub use crate::cpu::linear_xent::{IGNORE_INDEX, ROW_CHUNK, VOCAB_TILE};
 
@@ -160,8 +160,32 @@ fn cpu_inputs<'a>(
     })
 }
 
+/// The CUDA launchers' view of validated inputs (device tensors).
+fn cuda_args<'a>(
+    hidden: &'a Tensor,
+    weight: &'a Tensor,
+    dim: usize,
+    vocab: usize,
+    targets: &'a [i64],
+    row_weights: Option<&'a [f32]>,
+    opts: &LinearXentOptions,
+    tiling: Tiling,
+) -> cuda::linear_xent::XentArgs<'a> {
+    cuda::linear_xent::XentArgs {
+        hidden,
+        weight,
+        dim,
+        vocab,
+        targets,
+        row_weights,
+        ignore_index: opts.ignore_index,
+        tiling,
+    }
+}
+
 /// Loss of logits = hidden·weightᵀ against `targets`. hidden: [.., H]; weight: [V, H];
-/// targets and optional `row_weights`: one per hidden row; f32.
+/// targets and optional `row_weights`: one per hidden row; f32 on the CPU,
+/// f32 or bf16 (both the same) on CUDA, where `lse` is f32.
 pub fn forward(
     hidden: &Tensor,
     weight: &Tensor,
@@ -169,7 +193,7 @@ pub fn forward(
     row_weights: Option<&[f32]>,
     opts: &LinearXentOptions,
 ) -> Result<LinearXentOut> {
-    let (rows, dim, _, tiling) = validate(hidden, weight, targets, row_weights, opts)?;
+    let (rows, dim, vocab, tiling) = validate(hidden, weight, targets, row_weights, opts)?;
     match hidden.device() {
         Device::Cpu => {
             let mut lse = Tensor::zeros(&[rows], hidden.dtype(), Device::Cpu);
@@ -180,7 +204,20 @@ pub fn forward(
                 lse,
             })
         }
-        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
+        Device::Cuda(_) => {
+            let x = cuda_args(
+                hidden,
+                weight,
+                dim,
+                vocab,
+                targets,
+                row_weights,
+                opts,
+                tiling,
+            );
+            let (loss, lse) = cuda::linear_xent::forward(&x)?;
+            Ok(LinearXentOut { loss, lse })
+        }
     }
 }
 
@@ -196,7 +233,7 @@ pub fn backward(
     dweight: Option<&mut Tensor>,
     opts: &LinearXentOptions,
 ) -> Result<Tensor> {
-    let (rows, dim, _, tiling) = validate(hidden, weight, targets, row_weights, opts)?;
+    let (rows, dim, vocab, tiling) = validate(hidden, weight, targets, row_weights, opts)?;
     lse.expect_shape(OP, "lse", &[rows])?;
     crate::ops::same_device(OP, &[hidden, lse])?;
     if let Some(dw) = &dweight {
@@ -221,7 +258,19 @@ pub fn backward(
             );
             Ok(dh)
         }
-        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
+        Device::Cuda(_) => {
+            let x = cuda_args(
+                hidden,
+                weight,
+                dim,
+                vocab,
+                targets,
+                row_weights,
+                opts,
+                tiling,
+            );
+            cuda::linear_xent::backward(&x, dloss, lse, dweight)
+        }
     }
 }
 
@@ -236,7 +285,7 @@ pub fn forward_backward(
     row_weights: Option<&[f32]>,
     opts: &LinearXentOptions,
 ) -> Result<(LinearXentOut, Tensor)> {
-    let (rows, dim, _, tiling) = validate(hidden, weight, targets, row_weights, opts)?;
+    let (rows, dim, vocab, tiling) = validate(hidden, weight, targets, row_weights, opts)?;
     match hidden.device() {
         Device::Cpu => {
             let mut lse = Tensor::zeros(&[rows], hidden.dtype(), Device::Cpu);
@@ -256,7 +305,20 @@ pub fn forward_backward(
                 dh,
             ))
         }
-        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
+        Device::Cuda(_) => {
+            let x = cuda_args(
+                hidden,
+                weight,
+                dim,
+                vocab,
+                targets,
+                row_weights,
+                opts,
+                tiling,
+            );
+            let (loss, lse, dh) = cuda::linear_xent::forward_backward(&x)?;
+            Ok((LinearXentOut { loss, lse }, dh))
+        }
     }
 }
 
@@ -272,8 +334,7 @@ pub fn workspace_bytes(
     let tiling = Tiling::at_least_one(opts.row_chunk, opts.vocab_tile);
     match device {
         Device::Cpu => cpu::linear_xent::workspace_bytes(rows, dim, vocab, tiling),
-        // Until the CUDA kernels land the CPU tiling is the only estimate.
-        Device::Cuda(_) => cpu::linear_xent::workspace_bytes(rows, dim, vocab, tiling),
+        Device::Cuda(_) => cuda::linear_xent::workspace_bytes(rows, dim, vocab, tiling),
     }
 }
 

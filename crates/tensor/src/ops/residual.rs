@@ -1,18 +1,23 @@
-//! Residual connections: out = a + b. Kernels: `cpu/residual.rs`.
+//! Residual connections: out = a + b. Kernels: `cpu/residual.rs`, `cuda/residual.rs`.
+//!
+//! The CPU takes f32 only. CUDA takes f32 or bf16: one dtype throughout for
+//! forward/backward, any mix for `add_into` (its launcher checks).
 
-use crate::{DType, Device, Result, Tensor, cpu};
+use crate::{DType, Device, Result, Tensor, cpu, cuda};
 
 const OP: &str = "residual";
 
-/// Checks `b` matches `a` in shape, dtype (f32) and device.
+/// Checks `b` matches `a` in shape and device, and both are f32 on the CPU.
 fn check_pair(a: &Tensor, what_a: &'static str, b: &Tensor, what_b: &'static str) -> Result<()> {
-    a.expect_dtype(OP, what_a, DType::F32)?;
-    b.expect_dtype(OP, what_b, DType::F32)?;
+    if a.device() == Device::Cpu {
+        a.expect_dtype(OP, what_a, DType::F32)?;
+        b.expect_dtype(OP, what_b, DType::F32)?;
+    }
     b.expect_shape(OP, what_b, a.shape())?;
     crate::ops::same_device(OP, &[a, b])
 }
 
-/// out = a + b; a and b have the same shape, f32.
+/// out = a + b; a and b have the same shape and dtype.
 pub fn forward(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     check_pair(a, "a", b, "b")?;
     match a.device() {
@@ -21,15 +26,15 @@ pub fn forward(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             cpu::residual::forward(a.f32s(OP, "a")?, b.f32s(OP, "b")?, out.f32s_mut(OP, "out")?);
             Ok(out)
         }
-        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
+        Device::Cuda(_) => cuda::residual::forward(a, b),
     }
 }
 
 /// Returns (da, db) = (dout, dout).
 pub fn backward(dout: &Tensor) -> Result<(Tensor, Tensor)> {
-    dout.expect_dtype(OP, "dout", DType::F32)?;
     match dout.device() {
         Device::Cpu => {
+            dout.expect_dtype(OP, "dout", DType::F32)?;
             let mut da = Tensor::zeros(dout.shape(), dout.dtype(), Device::Cpu);
             let mut db = Tensor::zeros(dout.shape(), dout.dtype(), Device::Cpu);
             cpu::residual::backward(
@@ -39,11 +44,11 @@ pub fn backward(dout: &Tensor) -> Result<(Tensor, Tensor)> {
             );
             Ok((da, db))
         }
-        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
+        Device::Cuda(_) => cuda::residual::backward(dout),
     }
 }
 
-/// acc += x in place (accumulating a residual stream or its gradient); same shape, f32.
+/// acc += x in place (accumulating a residual stream or its gradient); same shape.
 pub fn add_into(acc: &mut Tensor, x: &Tensor) -> Result<()> {
     check_pair(acc, "acc", x, "x")?;
     match acc.device() {
@@ -51,7 +56,7 @@ pub fn add_into(acc: &mut Tensor, x: &Tensor) -> Result<()> {
             cpu::residual::add_into(acc.f32s_mut(OP, "acc")?, x.f32s(OP, "x")?);
             Ok(())
         }
-        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
+        Device::Cuda(_) => cuda::residual::add_into(acc, x),
     }
 }
 

@@ -1,6 +1,9 @@
-//! RMSNorm (Llama's pre-norm). Kernels: `cpu/rmsnorm.rs`.
+//! RMSNorm (Llama's pre-norm). Kernels: `cpu/rmsnorm.rs`, `cuda/rmsnorm.rs`.
+//!
+//! On the CPU everything is f32. On CUDA x (and dy, dx, y) may be f32 or bf16,
+//! the weight and dweight independently f32 or bf16; rstd is f32 on both.
 
-use crate::{Device, Result, Tensor, cpu};
+use crate::{Device, Result, Tensor, cpu, cuda};
 
 const OP: &str = "rmsnorm";
 
@@ -23,9 +26,9 @@ fn rows_dim(x: &Tensor, weight: &Tensor) -> Result<(usize, usize)> {
     Ok((x.numel() / dim.max(1), dim))
 }
 
-/// y = x / sqrt(mean(x², last dim) + eps) · weight. x: [.., dim]; weight: [dim]; f32.
+/// y = x / sqrt(mean(x², last dim) + eps) · weight. x: [.., dim]; weight: [dim].
 pub fn forward(x: &Tensor, weight: &Tensor, eps: f32) -> Result<RmsNormOut> {
-    let (rows, _) = rows_dim(x, weight)?;
+    let (rows, dim) = rows_dim(x, weight)?;
     match x.device() {
         Device::Cpu => {
             let mut y = Tensor::zeros(x.shape(), x.dtype(), Device::Cpu);
@@ -39,7 +42,10 @@ pub fn forward(x: &Tensor, weight: &Tensor, eps: f32) -> Result<RmsNormOut> {
             );
             Ok(RmsNormOut { y, rstd })
         }
-        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
+        Device::Cuda(_) => {
+            let (y, rstd) = cuda::rmsnorm::forward(x, weight, eps, rows, dim)?;
+            Ok(RmsNormOut { y, rstd })
+        }
     }
 }
 
@@ -54,8 +60,10 @@ pub fn backward(
     let (rows, dim) = rows_dim(x, weight)?;
     dy.expect_shape(OP, "dy", x.shape())?;
     rstd.expect_shape(OP, "rstd", &[rows])?;
+    crate::ops::same_device(OP, &[x, dy, rstd])?;
     if let Some(dw) = &dweight {
         dw.expect_shape(OP, "dweight", &[dim])?;
+        crate::ops::same_device(OP, &[x, dw])?;
     }
     match x.device() {
         Device::Cpu => {
@@ -74,7 +82,7 @@ pub fn backward(
             );
             Ok(dx)
         }
-        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
+        Device::Cuda(_) => cuda::rmsnorm::backward(dy, x, weight, rstd, dweight, rows, dim),
     }
 }
 

@@ -1,11 +1,12 @@
-//! Rotary position embedding of query/key heads. Kernels: `cpu/rope.rs`.
+//! Rotary position embedding of query/key heads. Kernels: `cpu/rope.rs`,
+//! `cuda/rope.rs`. x is f32 on the CPU, f32 or bf16 on CUDA; the tables are f32.
 //!
 //! The cos/sin tables are built once per model on the host (in f64, then
 //! stored as f32 tensors on the target device) and shared by every layer.
 //! Positions are a host slice because they come from the batch packer on the
 //! host; packed batches restart them at 0 for every sequence.
 
-use crate::{DType, Device, Result, Tensor, TensorError, cpu};
+use crate::{DType, Device, Result, Tensor, TensorError, cpu, cuda};
 
 pub use crate::cpu::rope::{RopeConfig, RopeScaling};
 
@@ -135,7 +136,9 @@ fn check(x: &Tensor, what: &'static str, positions: &[u32], table: &RopeTable) -
             ),
         ));
     }
-    x.expect_dtype(OP, what, DType::F32)?;
+    if x.device() == Device::Cpu {
+        x.expect_dtype(OP, what, DType::F32)?;
+    }
     if x.device() != table.device() {
         return Err(TensorError::Device {
             op: OP,
@@ -146,6 +149,7 @@ fn check(x: &Tensor, what: &'static str, positions: &[u32], table: &RopeTable) -
     Ok(())
 }
 
+/// Rotates x in place (the CPU path, and CUDA's `_inplace` entry points).
 fn rotate(x: &mut Tensor, positions: &[u32], table: &RopeTable, inverse: bool) -> Result<()> {
     let d = table.head_dim;
     match x.device() {
@@ -160,15 +164,27 @@ fn rotate(x: &mut Tensor, positions: &[u32], table: &RopeTable, inverse: bool) -
             }
             Ok(())
         }
-        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
+        Device::Cuda(_) => cuda::rope::rotate_inplace(x, positions, table, inverse),
+    }
+}
+
+/// A rotated copy of x. On CUDA the kernel writes the copy directly (no
+/// device-to-device clone first).
+fn rotated(x: &Tensor, positions: &[u32], table: &RopeTable, inverse: bool) -> Result<Tensor> {
+    match x.device() {
+        Device::Cpu => {
+            let mut y = x.try_clone()?;
+            rotate(&mut y, positions, table, inverse)?;
+            Ok(y)
+        }
+        Device::Cuda(_) => cuda::rope::rotate(x, positions, table, inverse),
     }
 }
 
 /// Rotates x: [tokens, heads, head_dim] by the angles of each token's position.
 pub fn forward(x: &Tensor, positions: &[u32], table: &RopeTable) -> Result<Tensor> {
-    let mut y = x.clone();
-    forward_inplace(&mut y, positions, table)?;
-    Ok(y)
+    check(x, "x", positions, table)?;
+    rotated(x, positions, table, false)
 }
 
 /// [`forward`] overwriting x (saves a copy when x is not needed afterwards).
@@ -179,9 +195,8 @@ pub fn forward_inplace(x: &mut Tensor, positions: &[u32], table: &RopeTable) -> 
 
 /// dx from dy: the rotation by the negated angles.
 pub fn backward(dy: &Tensor, positions: &[u32], table: &RopeTable) -> Result<Tensor> {
-    let mut dx = dy.clone();
-    backward_inplace(&mut dx, positions, table)?;
-    Ok(dx)
+    check(dy, "dy", positions, table)?;
+    rotated(dy, positions, table, true)
 }
 
 /// [`backward`] turning dy into dx in place.

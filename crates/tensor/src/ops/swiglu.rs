@@ -1,21 +1,25 @@
-//! SwiGLU, Llama's MLP activation: silu(gate) · up. Kernels: `cpu/swiglu.rs`.
+//! SwiGLU, Llama's MLP activation: silu(gate) · up. Kernels: `cpu/swiglu.rs`,
+//! `cuda/swiglu.rs`.
 //!
 //! Gate and up are two tensors (two projections' outputs), not one fused
 //! [.., 2I] tensor, so LoRA adapters on either projection stay separate.
 
-use crate::{DType, Device, Result, Tensor, cpu};
+use crate::{DType, Device, Result, Tensor, cpu, cuda};
 
 const OP: &str = "swiglu";
 
-/// Checks gate and up are f32 of one shape on one device.
+/// Checks gate and up have one shape on one device, and are f32 on the CPU
+/// (CUDA takes f32 or bf16, one dtype for all; its launcher checks that).
 fn check(gate: &Tensor, up: &Tensor) -> Result<()> {
-    gate.expect_dtype(OP, "gate", DType::F32)?;
-    up.expect_dtype(OP, "up", DType::F32)?;
+    if gate.device() == Device::Cpu {
+        gate.expect_dtype(OP, "gate", DType::F32)?;
+        up.expect_dtype(OP, "up", DType::F32)?;
+    }
     up.expect_shape(OP, "up", gate.shape())?;
     crate::ops::same_device(OP, &[gate, up])
 }
 
-/// out = silu(gate) · up. gate, up: [.., I], same shape, f32.
+/// out = silu(gate) · up. gate, up: [.., I], same shape and dtype.
 pub fn forward(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     check(gate, up)?;
     match gate.device() {
@@ -28,14 +32,16 @@ pub fn forward(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
             );
             Ok(out)
         }
-        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
+        Device::Cuda(_) => cuda::swiglu::forward(gate, up),
     }
 }
 
 /// Returns (dgate, dup) for the forward inputs `gate`, `up` and output gradient `dout`.
 pub fn backward(dout: &Tensor, gate: &Tensor, up: &Tensor) -> Result<(Tensor, Tensor)> {
     check(gate, up)?;
-    dout.expect_dtype(OP, "dout", DType::F32)?;
+    if gate.device() == Device::Cpu {
+        dout.expect_dtype(OP, "dout", DType::F32)?;
+    }
     dout.expect_shape(OP, "dout", gate.shape())?;
     crate::ops::same_device(OP, &[dout, gate])?;
     match gate.device() {
@@ -51,7 +57,7 @@ pub fn backward(dout: &Tensor, gate: &Tensor, up: &Tensor) -> Result<(Tensor, Te
             );
             Ok((dgate, dup))
         }
-        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
+        Device::Cuda(_) => cuda::swiglu::backward(dout, gate, up),
     }
 }
 

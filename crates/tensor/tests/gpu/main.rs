@@ -10,4 +10,6 @@ mod dropout;
 mod embedding;
 mod grad_clip;
 mod infonce;
+mod linear_xent;
 mod pooling;
+mod small_ops;

@@ -1,0 +1,171 @@
+//! Opening a model the way users hold one: a Hugging Face directory
+//! (`config.json`, safetensors, `tokenizer.json`) or a single GGUF file.
+//!
+//! [`inspect`] reads only headers and metadata (what `llm2comp info` shows,
+//! in milliseconds even for large checkpoints); [`load`] builds the
+//! [`Transformer`] and validates every tensor on the way.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::{BackboneError, GgufFile, ModelConfig, Result, SafetensorsFiles, Transformer};
+
+/// The on-disk layout of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelFormat {
+    /// A directory with `config.json` and safetensors weights.
+    HuggingFace,
+    /// One `.gguf` file (weights, config and tokenizer in its metadata).
+    Gguf,
+}
+
+/// What a model is, read from headers only.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    /// The path given.
+    pub path: PathBuf,
+    /// Directory or GGUF.
+    pub format: ModelFormat,
+    /// The validated shape of the model.
+    pub config: ModelConfig,
+    /// Storage dtype → (tensor count, element count).
+    pub dtypes: BTreeMap<String, (usize, usize)>,
+    /// Elements over all stored tensors.
+    pub stored_parameters: usize,
+    /// Bytes of the weight files on disk.
+    pub file_bytes: u64,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackboneError + '_ {
+    move |source| BackboneError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Which format `path` holds, or an error saying what was expected.
+pub fn detect(path: &Path) -> Result<ModelFormat> {
+    let meta = std::fs::metadata(path).map_err(io(path))?;
+    if meta.is_dir() {
+        if path.join("config.json").is_file() {
+            return Ok(ModelFormat::HuggingFace);
+        }
+        return Err(BackboneError::Invalid {
+            path: path.to_path_buf(),
+            msg: "directory has no config.json: expected a Hugging Face model directory or a \
+                  .gguf file"
+                .into(),
+        });
+    }
+    let mut magic = [0u8; 4];
+    use std::io::Read as _;
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut magic))
+        .map_err(io(path))?;
+    if n == 4 && &magic == b"GGUF" {
+        Ok(ModelFormat::Gguf)
+    } else {
+        Err(BackboneError::Invalid {
+            path: path.to_path_buf(),
+            msg: "not a GGUF file (no GGUF magic) and not a model directory".into(),
+        })
+    }
+}
+
+/// The safetensors weights of a Hugging Face directory.
+pub fn safetensors_in(dir: &Path) -> Result<SafetensorsFiles> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        return SafetensorsFiles::open(&index);
+    }
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return SafetensorsFiles::open(&single);
+    }
+    Err(BackboneError::Invalid {
+        path: dir.to_path_buf(),
+        msg: "no model.safetensors or model.safetensors.index.json in the directory".into(),
+    })
+}
+
+/// Reads a model's config and tensor headers without loading weights.
+pub fn inspect(path: impl AsRef<Path>) -> Result<ModelInfo> {
+    let path = path.as_ref();
+    let format = detect(path)?;
+    let mut dtypes: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut add = |dtype: String, shape: &[usize]| {
+        let e = dtypes.entry(dtype).or_default();
+        e.0 += 1;
+        e.1 += shape.iter().product::<usize>();
+    };
+    let (config, file_bytes) = match format {
+        ModelFormat::HuggingFace => {
+            let config = ModelConfig::from_file(path.join("config.json"))?;
+            let files = safetensors_in(path)?;
+            for name in files.names() {
+                if let Some((dtype, shape)) = files.dtype_and_shape(name) {
+                    add(dtype, &shape);
+                }
+            }
+            let mut bytes = 0;
+            for p in files.paths() {
+                bytes += std::fs::metadata(p).map_err(io(p))?.len();
+            }
+            (config, bytes)
+        }
+        ModelFormat::Gguf => {
+            let gguf = GgufFile::open(path)?;
+            for t in &gguf.tensors {
+                add(t.type_name.to_string(), &t.shape());
+            }
+            let config = ModelConfig::from_gguf(&gguf)?;
+            (config, std::fs::metadata(path).map_err(io(path))?.len())
+        }
+    };
+    let stored_parameters = dtypes.values().map(|&(_, n)| n).sum();
+    Ok(ModelInfo {
+        path: path.to_path_buf(),
+        format,
+        config,
+        dtypes,
+        stored_parameters,
+        file_bytes,
+    })
+}
+
+/// Loads the transformer (weights widened to f32) of a directory or GGUF file.
+pub fn load_transformer(path: impl AsRef<Path>) -> Result<Transformer> {
+    let path = path.as_ref();
+    match detect(path)? {
+        ModelFormat::HuggingFace => {
+            let config = ModelConfig::from_file(path.join("config.json"))?;
+            Transformer::from_safetensors(&config, &safetensors_in(path)?)
+        }
+        ModelFormat::Gguf => Transformer::from_gguf(&GgufFile::open(path)?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detect_names_the_path_and_the_problem() {
+        let dir = std::env::temp_dir().join(format!("llm2comp-detect-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let err = detect(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("config.json") && err.contains(&*dir.to_string_lossy()),
+            "{err}"
+        );
+        let f = dir.join("model.bin");
+        std::fs::write(&f, b"PK\x03\x04 not gguf").unwrap();
+        let err = detect(&f).unwrap_err().to_string();
+        assert!(err.contains("GGUF") && err.contains("model.bin"), "{err}");
+        let err = detect(&dir.join("missing.gguf")).unwrap_err().to_string();
+        assert!(err.contains("missing.gguf"), "{err}");
+        std::fs::write(&f, b"GGUF\x03\x00\x00\x00").unwrap();
+        assert_eq!(detect(&f).unwrap(), ModelFormat::Gguf);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
