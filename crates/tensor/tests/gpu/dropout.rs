@@ -5,7 +5,7 @@
 //! (bit-identical for f32; bf16 outputs are rounded to 8 mantissa bits).
 
 use llm2comp_tensor::ops::dropout::{self, DropoutMask};
-use llm2comp_tensor::{DType, Tensor};
+use llm2comp_tensor::{DType, Device, Tensor};
 
 use crate::common;
 
@@ -22,8 +22,19 @@ fn mask_mismatches(got: &Tensor, want: &Tensor) -> usize {
 #[test]
 fn dropout_drops_the_same_elements_as_the_cpu() {
     let Some(dev) = common::cuda() else { return };
-    let shape = [317, 331];
-    let x = common::randn(&shape, 11);
+    compare(dev, &[317, 331]);
+}
+
+/// A tiny tensor, for the compute-sanitizer pass (which runs tests named `small`).
+#[test]
+fn dropout_small_drops_the_same_elements() {
+    let Some(dev) = common::cuda() else { return };
+    compare(dev, &[5, 37]);
+}
+
+/// Masks and values against the CPU for three masks and both dtypes.
+fn compare(dev: Device, shape: &[usize]) {
+    let x = common::randn(shape, 11);
     assert!(
         x.to_vec_f32().iter().all(|&v| v != 0.0),
         "inputs must be non-zero"

@@ -2,8 +2,8 @@
 //! backward sums each id's rows in the CPU's order, so both must match the
 //! CPU exactly up to the bound (expected bit-identical: the lines print 0).
 
-use llm2comp_tensor::DType;
 use llm2comp_tensor::ops::embedding;
+use llm2comp_tensor::{DType, Device};
 
 use crate::common;
 
@@ -23,7 +23,19 @@ fn random_ids(n: usize, vocab: u32, seed: u64) -> Vec<u32> {
 #[test]
 fn embedding_matches_cpu() {
     let Some(dev) = common::cuda() else { return };
-    for (vocab, hidden, n) in [(301usize, 77usize, 513usize), (1000, 576, 2049)] {
+    compare(dev, &[(301, 77, 513), (1000, 576, 2049)]);
+}
+
+/// Tiny sizes, for the compute-sanitizer pass (which runs tests named `small`).
+#[test]
+fn embedding_small_matches_cpu() {
+    let Some(dev) = common::cuda() else { return };
+    compare(dev, &[(45, 19, 33)]);
+}
+
+/// Forward, dense and sparse backward against the CPU for each (V, H, N).
+fn compare(dev: Device, cases: &[(usize, usize, usize)]) {
+    for &(vocab, hidden, n) in cases {
         // Ids from the lower part of the vocabulary: some rows are never looked up.
         let ids = random_ids(n, (vocab - 40) as u32, vocab as u64);
         let table = common::randn(&[vocab, hidden], 1);

@@ -3,8 +3,8 @@
 //! builds. f32 is expected bit-identical (same summation order, no FMA
 //! contraction); bf16 outputs are rounded to 8 mantissa bits.
 
-use llm2comp_tensor::DType;
 use llm2comp_tensor::ops::pooling::{self, IndexSets};
+use llm2comp_tensor::{DType, Device};
 
 use crate::common;
 
@@ -31,6 +31,18 @@ fn random_sets(sets: usize, tokens: usize, seed: u64) -> (Vec<u32>, Vec<u32>) {
 #[test]
 fn pooling_matches_cpu() {
     let Some(dev) = common::cuda() else { return };
+    compare(dev, &[67, 576]);
+}
+
+/// A tiny width, for the compute-sanitizer pass (which runs tests named `small`).
+#[test]
+fn pooling_small_matches_cpu() {
+    let Some(dev) = common::cuda() else { return };
+    compare(dev, &[7]);
+}
+
+/// Forward and backward against the CPU for each width, on three kinds of sets over 211 rows.
+fn compare(dev: Device, widths: &[usize]) {
     let random = random_sets(37, 211, 21);
     let memory = IndexSets::last_tokens(&[0, 50, 51, 130, 211], 1).unwrap();
     let mean = IndexSets::all_tokens(&[0, 50, 51, 130, 211]).unwrap();
@@ -40,7 +52,7 @@ fn pooling_matches_cpu() {
         ("all tokens", mean.offsets, mean.indices),
     ];
     for (what, offsets, indices) in &cases {
-        for h in [67usize, 576] {
+        for &h in widths {
             let tokens = 211;
             let sets = offsets.len() - 1;
             let hidden = common::randn(&[tokens, h], 22);
