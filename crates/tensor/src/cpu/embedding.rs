@@ -48,8 +48,9 @@ pub fn forward<T: Real>(ids: &[u32], table: &[T], hidden: usize, out: &mut [T]) 
 }
 
 /// Positions sorted by id (ties in position order) and, per distinct id, its
-/// range in that order: `runs[u] = (id, range)`, ids ascending.
-fn group_by_id(ids: &[u32]) -> (Vec<usize>, Vec<(u32, Range<usize>)>) {
+/// range in that order: `runs[u] = (id, range)`, ids ascending. (The CUDA
+/// backward uploads this grouping, so both backends sum in the same order.)
+pub(crate) fn group_by_id(ids: &[u32]) -> (Vec<usize>, Vec<(u32, Range<usize>)>) {
     let mut order: Vec<usize> = (0..ids.len()).collect();
     // Stable: equal ids keep position order, which fixes the summation order.
     order.par_sort_by_key(|&p| ids[p]);

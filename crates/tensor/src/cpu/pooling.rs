@@ -44,21 +44,11 @@ pub fn forward<T: Real>(hidden: &[T], h: usize, offsets: &[u32], indices: &[u32]
         });
 }
 
-/// dhidden [T, h] = Σ over (set s, listed row t) of dout[s]/|s| at row t; overwritten (unlisted rows are 0).
-pub fn backward<T: Real>(
-    dout: &[T],
-    h: usize,
-    offsets: &[u32],
-    indices: &[u32],
-    dhidden: &mut [T],
-) {
+/// The CSR transposed to token rows: token t is listed by the sets
+/// `row_sets[row_start[t]..row_start[t + 1]]` (with multiplicity, in set
+/// order). A counting sort, O(tokens + nnz); the CUDA backward uploads it.
+pub(crate) fn transpose(offsets: &[u32], indices: &[u32], tokens: usize) -> (Vec<usize>, Vec<u32>) {
     let sets = offsets.len() - 1;
-    assert_eq!(dout.len(), sets * h, "pooling: dout length");
-    if h == 0 {
-        return;
-    }
-    let tokens = dhidden.len() / h;
-    // Transpose: for every token row, the sets listing it (with multiplicity).
     let mut row_start = vec![0usize; tokens + 1];
     for &t in indices {
         row_start[t as usize + 1] += 1;
@@ -74,6 +64,24 @@ pub fn backward<T: Real>(
             fill[t as usize] += 1;
         }
     }
+    (row_start, row_sets)
+}
+
+/// dhidden [T, h] = Σ over (set s, listed row t) of dout[s]/|s| at row t; overwritten (unlisted rows are 0).
+pub fn backward<T: Real>(
+    dout: &[T],
+    h: usize,
+    offsets: &[u32],
+    indices: &[u32],
+    dhidden: &mut [T],
+) {
+    let sets = offsets.len() - 1;
+    assert_eq!(dout.len(), sets * h, "pooling: dout length");
+    if h == 0 {
+        return;
+    }
+    let tokens = dhidden.len() / h;
+    let (row_start, row_sets) = transpose(offsets, indices, tokens);
     let inv_len: Vec<T> = (0..sets)
         .map(|s| T::one() / T::of(span(offsets, s).len() as f64))
         .collect();

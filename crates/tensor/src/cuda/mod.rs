@@ -12,13 +12,19 @@
 //! a library is missing, so [`device`] checks for each one first and returns
 //! an error that says what is missing instead.
 
+pub mod adamw;
 mod alloc;
 pub mod attention;
 pub mod cast;
+pub mod dropout;
+pub mod embedding;
+pub mod grad_clip;
+pub mod infonce;
 pub mod linear_kl;
 pub mod linear_xent;
 pub mod matmul;
 pub mod modules;
+pub mod pooling;
 pub mod residual;
 pub mod rmsnorm;
 pub mod rope;

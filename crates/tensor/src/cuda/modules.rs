@@ -22,6 +22,28 @@ impl Module {
 
 /// dtype conversions.
 pub const CAST: Module = Module::new("cast", include_str!("../../../../kernels/ptx/cast.ptx"));
+/// AdamW optimiser step.
+pub const ADAMW: Module = Module::new("adamw", include_str!("../../../../kernels/ptx/adamw.ptx"));
+/// Dropout with the CPU's counter-based mask.
+pub const DROPOUT: Module = Module::new(
+    "dropout",
+    include_str!("../../../../kernels/ptx/dropout.ptx"),
+);
+/// Token embedding gather and its scatter-add backward.
+pub const EMBEDDING: Module = Module::new(
+    "embedding",
+    include_str!("../../../../kernels/ptx/embedding.ptx"),
+);
+/// Global-norm gradient clipping.
+pub const GRAD_CLIP: Module = Module::new(
+    "grad_clip",
+    include_str!("../../../../kernels/ptx/grad_clip.ptx"),
+);
+/// Mean pooling over index sets.
+pub const POOLING: Module = Module::new(
+    "pooling",
+    include_str!("../../../../kernels/ptx/pooling.ptx"),
+);
 
 /// Fused LM head + cross-entropy and KL(teacher ‖ student) tile kernels.
 pub const LINEAR_XENT: Module = Module::new(

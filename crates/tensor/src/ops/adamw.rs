@@ -1,11 +1,11 @@
 //! The AdamW optimiser step (PyTorch's `torch.optim.AdamW` semantics).
-//! Kernels: `cpu/adamw.rs`.
+//! Kernels: `cpu/adamw.rs`, `cuda/adamw.rs` (bit-identical to the CPU's step).
 //!
 //! An optimiser has no backward. The moment buffers m and v are owned by the
 //! caller (one pair per parameter tensor, zero-initialised), so the
 //! optimiser state can be checkpointed like any other tensor.
 
-use crate::{Device, Result, Tensor, TensorError, cpu};
+use crate::{Device, Result, Tensor, TensorError, cpu, cuda};
 
 const OP: &str = "adamw";
 
@@ -99,7 +99,7 @@ pub fn step(
             );
             Ok(())
         }
-        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
+        Device::Cuda(_) => cuda::adamw::step(params, grads, m, v, cfg, t),
     }
 }
 

@@ -1,6 +1,8 @@
-//! Dropout with a reproducible counter-based mask. Kernels: `cpu/dropout.rs`.
+//! Dropout with a reproducible counter-based mask. Kernels: `cpu/dropout.rs`,
+//! `cuda/dropout.rs` (the same hash: both backends drop the same elements).
+//! f32 on the CPU; f32 or bf16 on CUDA.
 
-use crate::{Device, Result, Tensor, TensorError, cpu};
+use crate::{Device, Result, Tensor, TensorError, cpu, cuda};
 
 const OP: &str = "dropout";
 
@@ -40,7 +42,7 @@ pub fn forward(x: &Tensor, mask: DropoutMask) -> Result<Tensor> {
             );
             Ok(y)
         }
-        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
+        Device::Cuda(_) => cuda::dropout::apply(x, mask.p, mask.seed, mask.offset, "x"),
     }
 }
 
@@ -59,6 +61,6 @@ pub fn backward(dy: &Tensor, mask: DropoutMask) -> Result<Tensor> {
             );
             Ok(dx)
         }
-        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
+        Device::Cuda(_) => cuda::dropout::apply(dy, mask.p, mask.seed, mask.offset, "dy"),
     }
 }

@@ -1,4 +1,4 @@
-//! Token embedding lookup. Kernels: `cpu/embedding.rs`.
+//! Token embedding lookup. Kernels: `cpu/embedding.rs`, `cuda/embedding.rs`.
 //!
 //! Token ids are host data (`&[u32]`): the tokenizer produces them on the
 //! host and every id is range-checked here, before any backend indexes with
@@ -6,7 +6,7 @@
 //! The table gradient has two forms: dense (added into a [V, H] buffer) and
 //! sparse (only the looked-up rows), for trainers that train a few rows.
 
-use crate::{DType, Device, Result, Tensor, TensorError, cpu};
+use crate::{DType, Device, Result, Tensor, TensorError, cpu, cuda};
 
 const OP: &str = "embedding";
 
@@ -29,16 +29,16 @@ fn check_ids(ids: &[u32], vocab: usize) -> Result<()> {
     }
 }
 
-/// Checks dout is f32 [ids.len(), hidden].
+/// Checks dout is [ids.len(), hidden] (its dtype is the backend's to check: f32 on the
+/// CPU, f32 or bf16 on CUDA).
 fn check_dout(ids: &[u32], dout: &Tensor, hidden: usize) -> Result<()> {
-    dout.expect_shape(OP, "dout", &[ids.len(), hidden])?;
-    dout.expect_dtype(OP, "dout", DType::F32)
+    dout.expect_shape(OP, "dout", &[ids.len(), hidden])
 }
 
-/// out[p] = table[ids[p]]. table: [V, H] f32; returns [ids.len(), H].
+/// out[p] = table[ids[p]]. table: [V, H] (f32; f32 or bf16 on CUDA); returns [ids.len(), H]
+/// of the table's dtype.
 pub fn forward(ids: &[u32], table: &Tensor) -> Result<Tensor> {
     let (vocab, hidden) = table.dims2(OP, "table [V, H]")?;
-    table.expect_dtype(OP, "table", DType::F32)?;
     check_ids(ids, vocab)?;
     match table.device() {
         Device::Cpu => {
@@ -51,12 +51,13 @@ pub fn forward(ids: &[u32], table: &Tensor) -> Result<Tensor> {
             );
             Ok(out)
         }
-        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
+        Device::Cuda(_) => cuda::embedding::forward(ids, table, hidden),
     }
 }
 
-/// dtable[ids[p]] += dout[p]; rows no id names are left untouched. dout: [ids.len(), H];
-/// dtable: [V, H]. (There is no input gradient, so a frozen table simply skips this call.)
+/// dtable[ids[p]] += dout[p]; rows no id names are left untouched. dout: [ids.len(), H]
+/// (f32; f32 or bf16 on CUDA); dtable: [V, H] f32. (There is no input gradient, so a
+/// frozen table simply skips this call.)
 pub fn backward(ids: &[u32], dout: &Tensor, dtable: &mut Tensor) -> Result<()> {
     let (vocab, hidden) = dtable.dims2(OP, "dtable [V, H]")?;
     dtable.expect_dtype(OP, "dtable", DType::F32)?;
@@ -73,12 +74,13 @@ pub fn backward(ids: &[u32], dout: &Tensor, dtable: &mut Tensor) -> Result<()> {
             );
             Ok(())
         }
-        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
+        Device::Cuda(_) => cuda::embedding::backward(ids, dout, hidden, dtable),
     }
 }
 
 /// The table gradient of the looked-up rows only, never allocating [V, H].
-/// `vocab` is the table's row count, for the range check. dout: [ids.len(), H].
+/// `vocab` is the table's row count, for the range check. dout: [ids.len(), H]
+/// (f32; f32 or bf16 on CUDA); the gradient is f32 on dout's device.
 pub fn backward_sparse(ids: &[u32], dout: &Tensor, vocab: usize) -> Result<SparseRowGrad> {
     let hidden = match dout.shape() {
         [n, h] if *n == ids.len() => *h,
@@ -99,7 +101,10 @@ pub fn backward_sparse(ids: &[u32], dout: &Tensor, vocab: usize) -> Result<Spars
             let grad = Tensor::from_vec(grad, &[rows.len(), hidden])?;
             Ok(SparseRowGrad { rows, grad })
         }
-        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
+        Device::Cuda(_) => {
+            let (rows, grad) = cuda::embedding::backward_sparse(ids, dout, hidden)?;
+            Ok(SparseRowGrad { rows, grad })
+        }
     }
 }
 

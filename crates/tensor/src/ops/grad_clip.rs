@@ -1,12 +1,12 @@
 //! Global-norm gradient clipping over a model's gradient tensors
 //! (PyTorch's `clip_grad_norm_` with `error_if_nonfinite=True`).
-//! Kernels: `cpu/grad_clip.rs`.
+//! Kernels: `cpu/grad_clip.rs`, `cuda/grad_clip.rs`.
 //!
 //! A non-finite norm is an error, not a scale factor: NaN or infinite
 //! gradients mean the step is already broken, and scaling them (to NaN, or to
 //! zero for an infinite norm) would hide that from the training loop.
 
-use crate::{Device, Result, Tensor, TensorError, cpu};
+use crate::{Device, Result, Tensor, TensorError, cpu, cuda};
 
 const OP: &str = "clip_grad_norm";
 
@@ -17,7 +17,8 @@ fn non_finite(norm: f64) -> TensorError {
     )
 }
 
-/// The global L2 norm over all `grads` (f32), accumulated in f64; 0 for an empty list.
+/// The global L2 norm over all `grads` (f32; f32 or bf16 on CUDA), accumulated in f64;
+/// 0 for an empty list.
 pub fn global_norm(grads: &[&Tensor]) -> Result<f64> {
     crate::ops::same_device(OP, grads)?;
     let Some(first) = grads.first() else {
@@ -31,7 +32,7 @@ pub fn global_norm(grads: &[&Tensor]) -> Result<f64> {
                 .collect::<Result<Vec<_>>>()?;
             Ok(cpu::grad_clip::global_norm(&views))
         }
-        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
+        Device::Cuda(_) => cuda::grad_clip::global_norm(grads),
     }
 }
 
@@ -59,7 +60,7 @@ pub fn clip_grad_norm(grads: &mut [&mut Tensor], max_norm: f64) -> Result<f64> {
                 .collect::<Result<Vec<_>>>()?;
             cpu::grad_clip::clip_grad_norm(&mut views, max_norm)
         }
-        Device::Cuda(_) => return Err(crate::ops::no_cuda_path(OP)),
+        Device::Cuda(_) => cuda::grad_clip::clip_grad_norm(grads, max_norm)?,
     };
     if norm.is_finite() {
         Ok(norm)

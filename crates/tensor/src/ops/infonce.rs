@@ -1,10 +1,13 @@
 //! InfoNCE contrastive loss over cosine similarities (SimCSE; supervised with
 //! hard negatives when keys outnumber queries). Kernels: `cpu/infonce.rs`.
 //!
+//! On CUDA the loss runs on host copies of q and k (`cuda/infonce.rs` says
+//! why: B·D is tiny), so both backends share one kernel.
+//!
 //! Labels are host indices (`&[u32]`): they are built by the batcher on the
 //! host and validated here, before any kernel runs.
 
-use crate::{Device, Result, Tensor, TensorError, cpu};
+use crate::{DType, Device, Result, Tensor, TensorError, cpu, cuda};
 
 const OP: &str = "infonce";
 
@@ -23,6 +26,9 @@ pub struct InfoNceOut {
     pub knorm: Tensor,
     /// softmax(q̂·k̂ᵀ/τ) per query: [B, M].
     pub probs: Tensor,
+    /// The dtype q and k had, which backward gives dq and dk (the saved
+    /// state above is f32 on every device).
+    pub grad_dtype: DType,
 }
 
 /// Gradients of the loss with respect to the raw queries and keys.
@@ -50,7 +56,8 @@ fn check_args(labels: &[u32], m: usize, temperature: f32) -> Result<()> {
     Ok(())
 }
 
-/// loss = mean_b −log softmax(q̂_b·k̂ᵀ/τ)[labels_b]. q: [B, D]; k: [M, D]; labels: [B]; f32.
+/// loss = mean_b −log softmax(q̂_b·k̂ᵀ/τ)[labels_b]. q: [B, D]; k: [M, D]; labels: [B];
+/// f32 (f32 or bf16 on CUDA, q and k alike).
 pub fn forward(q: &Tensor, k: &Tensor, labels: &[u32], temperature: f32) -> Result<InfoNceOut> {
     let (b, d) = q.dims2(OP, "q")?;
     let (m, dk) = k.dims2(OP, "k")?;
@@ -102,9 +109,10 @@ pub fn forward(q: &Tensor, k: &Tensor, labels: &[u32], temperature: f32) -> Resu
                 khat,
                 knorm,
                 probs,
+                grad_dtype: dt,
             })
         }
-        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
+        Device::Cuda(_) => cuda::infonce::forward(q, k, labels, temperature),
     }
 }
 
@@ -154,14 +162,13 @@ pub fn backward(saved: &InfoNceOut, labels: &[u32], temperature: f32) -> Result<
             );
             Ok(InfoNceGrads { dq, dk })
         }
-        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
+        Device::Cuda(_) => cuda::infonce::backward(saved, labels, temperature),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::DType;
 
     fn t(shape: &[usize]) -> Tensor {
         let n = shape.iter().product::<usize>();

@@ -1,12 +1,12 @@
 //! Mean pooling over index sets: memory-token pooling (the last k tokens of
 //! each sequence) and mean pooling over a packed batch (all of its tokens).
-//! Kernels: `cpu/pooling.rs`.
+//! Kernels: `cpu/pooling.rs`, `cuda/pooling.rs`.
 //!
 //! Sets are CSR index arrays on the host, built once per batch by
 //! [`IndexSets`] and validated here before any kernel runs, so a kernel never
 //! sees an empty set or an index past the end of `hidden`.
 
-use crate::{Device, Result, Tensor, TensorError, cpu};
+use crate::{Device, Result, Tensor, TensorError, cpu, cuda};
 
 const OP: &str = "pooling";
 
@@ -128,7 +128,7 @@ fn check_sets(offsets: &[u32], indices: &[u32], tokens: usize) -> Result<usize> 
     Ok(offsets.len() - 1)
 }
 
-/// out [S, H] = mean of the `hidden` [T, H] rows listed by each set; f32.
+/// out [S, H] = mean of the `hidden` [T, H] rows listed by each set; f32 (f32 or bf16 on CUDA).
 pub fn forward(hidden: &Tensor, offsets: &[u32], indices: &[u32]) -> Result<Tensor> {
     let (tokens, h) = hidden.dims2(OP, "hidden")?;
     let sets = check_sets(offsets, indices, tokens)?;
@@ -144,7 +144,7 @@ pub fn forward(hidden: &Tensor, offsets: &[u32], indices: &[u32]) -> Result<Tens
             );
             Ok(out)
         }
-        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
+        Device::Cuda(_) => cuda::pooling::forward(hidden, h, offsets, indices, sets),
     }
 }
 
@@ -176,7 +176,7 @@ pub fn backward(
             );
             Ok(dhidden)
         }
-        Device::Cuda(_) => Err(crate::ops::no_cuda_path(OP)),
+        Device::Cuda(_) => cuda::pooling::backward(dout, h, offsets, indices, num_tokens),
     }
 }
 

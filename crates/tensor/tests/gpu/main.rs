@@ -3,8 +3,14 @@
 //! family has its own module. Without a CUDA device every test prints
 //! `SKIPPED (no CUDA device)` and returns.
 
+mod adamw;
 mod attention;
 mod common;
 mod core;
+mod dropout;
+mod embedding;
+mod grad_clip;
+mod infonce;
 mod linear_xent;
+mod pooling;
 mod small_ops;
