@@ -37,7 +37,7 @@ echo "== GPU tests"
 if command -v compute-sanitizer >/dev/null && [ -z "${SKIP_SANITIZER:-}" ]; then
     for tool in memcheck racecheck; do
         echo "== compute-sanitizer $tool (tests matching '${SANITIZER_FILTER:-small}')"
-        timeout 240 compute-sanitizer --tool "$tool" \
+        timeout "${SANITIZER_TIMEOUT:-150}" compute-sanitizer --tool "$tool" \
             "$bin/gpu-tests" --test-threads=1 "${SANITIZER_FILTER:-small}" \
             >"$out/sanitizer-$tool.log" 2>&1
         # cuBLAS's Hopper GEMMs (nvjet_*) synchronise through mbarriers that

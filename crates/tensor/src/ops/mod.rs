@@ -25,15 +25,6 @@ pub mod swiglu;
 
 use crate::{Result, Tensor, TensorError};
 
-/// The error of an op whose CUDA kernel does not exist yet.
-pub(crate) fn no_cuda_path(op: &'static str) -> TensorError {
-    TensorError::Device {
-        op,
-        expected: crate::Device::Cpu,
-        found: crate::Device::Cuda(0),
-    }
-}
-
 /// Errors unless every tensor lives on the first one's device.
 pub(crate) fn same_device(op: &'static str, ts: &[&Tensor]) -> Result<()> {
     let Some(first) = ts.first() else {

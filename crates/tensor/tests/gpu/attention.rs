@@ -221,3 +221,25 @@ fn attention_mma_rejects_what_it_cannot_run() {
     assert!(e.to_string().contains("head_dim <= 256"), "{e}");
     eprintln!("attention_mma_rejects_what_it_cannot_run: ok");
 }
+
+/// A case small enough for compute-sanitizer (memcheck, racecheck), which
+/// `scripts/gpu-check.sh` runs on tests named `small`: every kernel, both
+/// masks, GQA, a ragged tile and a length-1 sequence.
+#[test]
+fn attention_small_cases_for_the_sanitizers() {
+    let mut cases = Vec::new();
+    for d in [64, 128] {
+        for causal in [true, false] {
+            cases.push(Case {
+                lens: &[1, 70],
+                hq: 2,
+                hkv: 1,
+                d,
+                causal,
+                dropout: None,
+                dtype: DType::BF16,
+            });
+        }
+    }
+    check(&cases, BOTH);
+}
