@@ -62,20 +62,10 @@ def attention():
             emit(impl="torch-sdpa", name=name + " bwd", ms=ms_b, tflops=2.5 * flops / ms_b / 1e9)
 
 
-def fused_ce():
-    torch.manual_seed(0)
-    n, hid, vocab = 8 * 512, 576, 49152
-    hs = torch.randn(n, hid, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    w = (torch.randn(vocab, hid, device="cuda", dtype=torch.bfloat16) * 0.02).requires_grad_()
-    tgt = torch.randint(0, vocab, (n,), device="cuda")
+SHAPES = [(4096, 576, 49152), (8192, 4096, 32000), (8192, 4096, 128256)]
 
-    def step():
-        logits = (hs @ w.T).float()
-        loss = F.cross_entropy(logits, tgt)
-        loss.backward()
-        hs.grad = None
-        w.grad = None
 
+def peak_and_time(step, reps):
     step()
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
@@ -83,11 +73,50 @@ def fused_ce():
     step()
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() - base
-    ms = timed(step)
-    emit(impl="torch-eager", name=f"linear_xent fwd+bwd n{n} h{hid} v{vocab}", ms=ms, peak_bytes=peak)
+    return timed(step, warmup=1, repeat=reps), peak
+
+
+def fused_losses():
+    for n, hid, vocab in SHAPES:
+        torch.manual_seed(0)
+        reps = 5 if n * hid * vocab > 1 << 32 else 10
+        hs = torch.randn(n, hid, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        teacher = torch.randn(n, hid, device="cuda", dtype=torch.bfloat16)
+        w = (torch.randn(vocab, hid, device="cuda", dtype=torch.bfloat16) * 0.05).requires_grad_()
+        tgt = torch.randint(0, vocab, (n,), device="cuda")
+        nhv = n * hid * vocab
+        shape = f"n{n} h{hid} v{vocab}"
+
+        # The authors' way: materialise the logits, upcast, cross_entropy.
+        def ce():
+            loss = F.cross_entropy((hs @ w.T).float(), tgt)
+            loss.backward()
+            loss.item()
+            hs.grad = None
+            w.grad = None
+
+        ms, peak = peak_and_time(ce, reps)
+        emit(impl="torch-eager", name=f"linear_xent fwd+bwd+dw {shape}", ms=ms,
+             tflops=6 * nhv / ms / 1e9, peak_bytes=peak)
+
+        def kl():
+            with torch.no_grad():
+                t_logp = F.log_softmax((teacher @ w.T).float(), dim=-1)
+            s_logp = F.log_softmax((hs @ w.T).float(), dim=-1)
+            loss = F.kl_div(s_logp, t_logp, log_target=True, reduction="batchmean")
+            loss.backward()
+            loss.item()
+            hs.grad = None
+            w.grad = None
+
+        ms, peak = peak_and_time(kl, reps)
+        emit(impl="torch-eager", name=f"linear_kl fwd+bwd+dw {shape}", ms=ms,
+             tflops=8 * nhv / ms / 1e9, peak_bytes=peak)
+        del hs, teacher, w
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":
     print(torch.__version__, torch.cuda.get_device_name())
     attention()
-    fused_ce()
+    fused_losses()

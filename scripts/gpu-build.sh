@@ -33,6 +33,6 @@ cargo build --release --locked -p llm2comp-cli
 cp target/release/llm2comp "$out/"
 
 strip "$out"/*
-cp scripts/gpu-check.sh scripts/bench_gpu_torch.py "$out/" 2>/dev/null || true
+cp scripts/gpu-check.sh scripts/bench_gpu_torch.py scripts/gpu_table.py "$out/"
 du -sh "$out"
 ls -l "$out"

@@ -2,10 +2,12 @@
 # Runs on the GPU machine: every GPU test against the CPU reference, the
 # sanitizers on small cases, then the GPU benchmarks with their PyTorch
 # baselines measured in the same run. Usage: scripts/gpu-check.sh BIN_DIR OUT_DIR
-# (BIN_DIR from scripts/gpu-build.sh). Target: under 8 minutes on an H100.
+# (BIN_DIR from scripts/gpu-build.sh; OUT_DIR defaults to target/gpu-check).
+# Writes logs and table.md (our figures beside PyTorch's) into OUT_DIR.
+# Target: under 8 minutes on an H100.
 set -uo pipefail
-bin=${1:?usage: gpu-check.sh BIN_DIR OUT_DIR}
-out=${2:?usage: gpu-check.sh BIN_DIR OUT_DIR}
+bin=${1:?usage: gpu-check.sh BIN_DIR [OUT_DIR]}
+out=${2:-target/gpu-check}
 mkdir -p "$out"
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -31,7 +33,7 @@ export LD_LIBRARY_PATH="${libdirs}:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 status=0
 echo "== GPU tests"
 # One thread: the tests share one device and print figures as they go.
-"$bin/gpu-tests" --test-threads=1 2>&1 | tee "$out/gpu-tests.log"
+"$bin/gpu-tests" --test-threads=1 --nocapture 2>&1 | tee "$out/gpu-tests.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 if command -v compute-sanitizer >/dev/null && [ -z "${SKIP_SANITIZER:-}" ]; then
@@ -60,6 +62,11 @@ done
 if [ -f "$here/bench_gpu_torch.py" ]; then
     echo "-- PyTorch baselines"
     timeout 180 python3 "$here/bench_gpu_torch.py" 2>&1 | tee "$out/torch.log"
+fi
+if [ -f "$here/gpu_table.py" ]; then
+    python3 "$here/gpu_table.py" "$out"/*-gpu.log "$out/torch.log" >"$out/table.md"
+    echo "== table (ours vs PyTorch, same run)"
+    cat "$out/table.md"
 fi
 echo "== gpu-check exit $status"
 exit $status

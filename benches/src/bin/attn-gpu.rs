@@ -70,13 +70,17 @@ fn main() {
             let s_eff = if causal { seq as f64 / 2.0 } else { seq as f64 };
             let fwd_flops = 4.0 * t as f64 * HEADS as f64 * D as f64 * s_eff;
             let tflops = |flops: f64, ms: f64| flops / (ms * 1e-3) / 1e12;
-            println!(
-                "attn-gpu batch {batch} seq {seq} heads {HEADS} d {D} bf16 {}: \
-                 forward {fwd_ms:.3} ms {:.1} TFLOP/s, backward {bwd_ms:.3} ms {:.1} TFLOP/s",
-                if causal { "causal" } else { "bidirectional" },
-                tflops(fwd_flops, fwd_ms),
-                tflops(2.5 * fwd_flops, bwd_ms),
-            );
+            let mode = if causal { "causal" } else { "bidirectional" };
+            // Same names and FLOP counts as scripts/bench_gpu_torch.py, so
+            // scripts/gpu_table.py can pair each row with its baseline.
+            let name = format!("attention b{batch} s{seq} h{HEADS} d{D} {mode}");
+            for (pass, ms, flops) in [("fwd", fwd_ms, fwd_flops), ("bwd", bwd_ms, 2.5 * fwd_flops)]
+            {
+                println!(
+                    "BENCH {{\"impl\": \"llm2comp\", \"name\": \"{name} {pass}\", \"ms\": {ms:.4}, \"tflops\": {:.1}}}",
+                    tflops(flops, ms)
+                );
+            }
         }
     }
 }

@@ -1,31 +1,40 @@
-//! GPU timing of the fused cross-entropy at the bench shape (N = 8·512 rows,
-//! H = 576, V = 49152, bf16): the one-sweep forward + dL/dh of a frozen head,
-//! and the two-pass forward + backward with the head's gradient. Each is
-//! timed with CUDA events on the device's single stream (median of REPS after
-//! WARMUP calls; a call includes its loss read-back, as `loss.item()` would in
-//! PyTorch), and its peak device bytes are read from the allocator, so the
-//! figures compare with a PyTorch eager run on the same GPU. Prints one JSON
-//! object; without a CUDA device it says so and exits 0.
+//! GPU timing of the fused compression losses at the shapes of the CUDA
+//! issue (N = 8192 rows, H = 4096, V = 32000 and 128256) and SmolLM2's
+//! (N = 4096, H = 576, V = 49152), bf16, for several (row chunk, vocab tile)
+//! pairs: the CPU's defaults and larger GPU tiles, whose workspace is still a
+//! small fraction of the [N, V] logits. Per shape and tiling:
+//! - `linear_xent fwd+bwd+dw`: forward, then backward with dL/dh and dL/dW
+//!   (what PyTorch eager's `cross_entropy(h @ W.T)` + `backward()` computes);
+//! - `linear_xent one-sweep`: forward + dL/dh of a frozen head in one pass;
+//! - `linear_kl fwd+bwd+dw`: KL(teacher ‖ student), student gradients.
+//!
+//! Timing: CUDA events on the device's one stream around each call (which
+//! includes the loss read-back, as `loss.item()` would), median after a
+//! warm-up; peak device bytes from the allocator. Prints `BENCH {json}` lines
+//! named as scripts/bench_gpu_torch.py names its baselines. Without a CUDA
+//! device it says so and exits 0.
 
 use cudarc::driver::sys::CUevent_flags;
 use llm2comp_benches::random;
+use llm2comp_tensor::ops::linear_kl::{self, LinearKlOptions};
 use llm2comp_tensor::ops::linear_xent::{self, LinearXentOptions};
 use llm2comp_tensor::{DType, Device, Tensor, cuda};
 
-const N: usize = 8 * 512;
-const H: usize = 576;
-const V: usize = 49152;
-const WARMUP: usize = 3;
-const REPS: usize = 10;
+/// (rows, hidden, vocab).
+const SHAPES: &[(usize, usize, usize)] = &[
+    (4096, 576, 49152),
+    (8192, 4096, 32000),
+    (8192, 4096, 128256),
+];
+/// (row chunk, vocab tile): the CPU defaults first.
+const TILINGS: &[(usize, usize)] = &[(256, 4096), (2048, 8192), (8192, 4096)];
 
-/// Median milliseconds of `f` over REPS timed calls, and its peak device bytes.
-fn time(d: &cuda::CudaDevice, f: &mut dyn FnMut()) -> (f64, usize) {
-    for _ in 0..WARMUP {
-        f();
-    }
+/// Median milliseconds of `f` and its peak device bytes beyond what was in use.
+fn time(d: &cuda::CudaDevice, reps: usize, f: &mut dyn FnMut()) -> (f64, usize) {
+    f();
     d.synchronize().expect("device synchronises");
-    let mut ms = Vec::with_capacity(REPS);
-    for _ in 0..REPS {
+    let mut ms = Vec::with_capacity(reps);
+    for _ in 0..reps {
         let ev = || {
             d.stream()
                 .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
@@ -41,7 +50,15 @@ fn time(d: &cuda::CudaDevice, f: &mut dyn FnMut()) -> (f64, usize) {
     d.reset_peak();
     f();
     d.synchronize().expect("device synchronises");
-    (ms[REPS / 2], d.peak_bytes() - before)
+    (ms[reps / 2], d.peak_bytes() - before)
+}
+
+fn emit(name: &str, chunk: usize, tile: usize, ms: f64, flop: f64, peak: usize) {
+    println!(
+        "BENCH {{\"impl\": \"llm2comp\", \"name\": \"{name}\", \"tiling\": \"{chunk}x{tile}\", \
+         \"ms\": {ms:.3}, \"tflops\": {:.1}, \"peak_bytes\": {peak}}}",
+        flop / ms / 1e9
+    );
 }
 
 fn main() {
@@ -52,33 +69,87 @@ fn main() {
     let d = cuda::device(0).expect("device 0");
     let dev = Device::Cuda(0);
     let to_gpu = |t: Tensor| t.to_dtype(DType::BF16).to_device(dev).expect("upload");
-    let h = to_gpu(random(&[N, H], 1.0, 1));
-    let w = to_gpu(random(&[V, H], 0.05, 2));
-    let targets: Vec<i64> = (0..N).map(|i| ((i * 7919) % V) as i64).collect();
-    let opts = LinearXentOptions::default();
-
-    let (one_ms, one_peak) = time(&d, &mut || {
-        let (out, dh) = linear_xent::forward_backward(&h, &w, &targets, None, &opts)
-            .expect("one-sweep fused CE");
-        assert!(out.loss.is_finite() && dh.numel() == N * H);
-    });
-    let mut dw = Tensor::try_zeros(&[V, H], DType::BF16, dev).expect("dW");
-    let (two_ms, two_peak) = time(&d, &mut || {
-        let out = linear_xent::forward(&h, &w, &targets, None, &opts).expect("fused CE forward");
-        let dh = linear_xent::backward(1.0, &h, &w, &targets, None, &out.lse, Some(&mut dw), &opts)
-            .expect("fused CE backward");
-        assert!(out.loss.is_finite() && dh.numel() == N * H);
-    });
-    let ws = linear_xent::workspace_bytes(dev, N, H, V, &opts);
-    let flop = (N * H * V) as f64;
-    println!(
-        "{{\"device\": \"{}\", \"n\": {N}, \"h\": {H}, \"v\": {V}, \"dtype\": \"bf16\", \
-         \"one_sweep_ms\": {one_ms:.3}, \"one_sweep_tflops\": {:.1}, \"one_sweep_peak_bytes\": {one_peak}, \
-         \"fwd_bwd_dw_ms\": {two_ms:.3}, \"fwd_bwd_dw_tflops\": {:.1}, \"fwd_bwd_dw_peak_bytes\": {two_peak}, \
-         \"workspace_bytes\": {ws}, \"full_logits_f32_bytes\": {}}}",
-        d.name(),
-        4.0 * flop / one_ms / 1e9,
-        8.0 * flop / two_ms / 1e9,
-        N * V * 4
-    );
+    for &(n, h, v) in SHAPES {
+        let reps = if n * h * v > 1 << 32 { 5 } else { 10 };
+        let hs = to_gpu(random(&[n, h], 1.0, 1));
+        let teacher = to_gpu(random(&[n, h], 1.0, 3));
+        let w = to_gpu(random(&[v, h], 0.05, 2));
+        let targets: Vec<i64> = (0..n).map(|i| ((i * 7919) % v) as i64).collect();
+        let mut dw = Tensor::try_zeros(&[v, h], DType::BF16, dev).expect("dW");
+        let nhv = (n * h * v) as f64;
+        let shape = format!("n{n} h{h} v{v}");
+        for &(chunk, tile) in TILINGS {
+            let xo = LinearXentOptions {
+                row_chunk: chunk,
+                vocab_tile: tile,
+                ..LinearXentOptions::default()
+            };
+            let (ms, peak) = time(&d, reps, &mut || {
+                let out = linear_xent::forward(&hs, &w, &targets, None, &xo).expect("CE forward");
+                let dh = linear_xent::backward(
+                    1.0,
+                    &hs,
+                    &w,
+                    &targets,
+                    None,
+                    &out.lse,
+                    Some(&mut dw),
+                    &xo,
+                )
+                .expect("CE backward");
+                assert!(out.loss.is_finite() && dh.numel() == n * h);
+            });
+            // Forward GEMM, recomputed GEMM, dh and dW GEMMs: 8·N·H·V.
+            emit(
+                &format!("linear_xent fwd+bwd+dw {shape}"),
+                chunk,
+                tile,
+                ms,
+                8.0 * nhv,
+                peak,
+            );
+            let (ms, peak) = time(&d, reps, &mut || {
+                let (out, dh) = linear_xent::forward_backward(&hs, &w, &targets, None, &xo)
+                    .expect("one-sweep CE");
+                assert!(out.loss.is_finite() && dh.numel() == n * h);
+            });
+            emit(
+                &format!("linear_xent one-sweep {shape}"),
+                chunk,
+                tile,
+                ms,
+                4.0 * nhv,
+                peak,
+            );
+            let ko = LinearKlOptions {
+                row_chunk: chunk,
+                vocab_tile: tile,
+            };
+            let (ms, peak) = time(&d, reps, &mut || {
+                let out = linear_kl::forward(&teacher, &hs, &w, None, &ko).expect("KL forward");
+                let dh = linear_kl::backward(
+                    1.0,
+                    &teacher,
+                    &hs,
+                    &w,
+                    None,
+                    &out.lse_teacher,
+                    &out.lse_student,
+                    Some(&mut dw),
+                    &ko,
+                )
+                .expect("KL backward");
+                assert!(out.loss.is_finite() && dh.numel() == n * h);
+            });
+            // Teacher and student forward GEMMs, both recomputed, dh and dW: 12·N·H·V.
+            emit(
+                &format!("linear_kl fwd+bwd+dw {shape}"),
+                chunk,
+                tile,
+                ms,
+                12.0 * nhv,
+                peak,
+            );
+        }
+    }
 }
