@@ -25,6 +25,18 @@ pub struct LinearKlOptions {
     pub vocab_tile: usize,
 }
 
+impl LinearKlOptions {
+    /// The tuned tiles for `device` (`Default` is the CPU's; see
+    /// [`crate::ops::linear_xent::CUDA_ROW_CHUNK`] for the CUDA pair).
+    pub fn for_device(device: Device) -> Self {
+        let x = crate::ops::linear_xent::LinearXentOptions::for_device(device);
+        Self {
+            row_chunk: x.row_chunk,
+            vocab_tile: x.vocab_tile,
+        }
+    }
+}
+
 impl Default for LinearKlOptions {
     fn default() -> Self {
         Self {

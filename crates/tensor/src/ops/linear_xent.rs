@@ -34,7 +34,28 @@ impl Default for LinearXentOptions {
     }
 }
 
+/// Tiles for the CUDA path: [8192 rows × 4096 vocabulary] f32 logits (128 MiB),
+/// large enough that each tile's GEMMs run near cuBLAS's peak. Measured on an
+/// H100 (docs/benchmarks.md, 2026-11-27): the CPU's 256 × 4096 tiles ran the
+/// fused CE 2.5–3× slower at the same shapes, because 256-row GEMMs leave
+/// the tensor cores idle between launches.
+pub const CUDA_ROW_CHUNK: usize = 8192;
+/// See [`CUDA_ROW_CHUNK`].
+pub const CUDA_VOCAB_TILE: usize = 4096;
+
 impl LinearXentOptions {
+    /// The tuned tiles for `device` (`Default` is the CPU's).
+    pub fn for_device(device: Device) -> Self {
+        match device {
+            Device::Cpu => Self::default(),
+            Device::Cuda(_) => Self {
+                row_chunk: CUDA_ROW_CHUNK,
+                vocab_tile: CUDA_VOCAB_TILE,
+                ..Self::default()
+            },
+        }
+    }
+
     fn tiling(&self) -> Result<Tiling> {
         checked_tiling(OP, self.row_chunk, self.vocab_tile)
     }
