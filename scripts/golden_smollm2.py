@@ -10,7 +10,7 @@ not write. The reference is that model converted to float64 (`model.double()`
 on the dequantised f32 weights, which widens them exactly); torch's own f32 run
 of the same weights is measured against it and recorded as the yardstick.
 
-Generated with transformers 5.24.0, torch 2.15.0 (CPU), gguf 0.x, accelerate
+Generated with transformers 5.24.0, torch 2.15.0 (CPU), gguf 0.19.0, accelerate 1.15.0
 (transformers requires it for GGUF). Regenerate:
 
     scripts/fetch-smollm2.sh                # prints the GGUF path
