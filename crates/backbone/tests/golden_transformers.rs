@@ -1,7 +1,11 @@
 //! Our forward pass against Hugging Face `transformers` itself: tiny random
-//! Llama (Llama-3 RoPE scaling, untied head), Qwen2 (q/k/v biases, tied
-//! embeddings) and Mistral (explicit head_dim ≠ hidden/heads) models saved by
-//! `save_pretrained` and their outputs, from `scripts/golden_transformers.py`.
+//! Llama (Llama-3 RoPE scaling, untied head; and plain RoPE, tied head), Qwen2
+//! (q/k/v biases, tied embeddings) and Mistral (explicit head_dim ≠
+//! hidden/heads) models, all with GQA, saved by `save_pretrained` and their
+//! outputs, from `scripts/golden_transformers.py`. The two Llamas and the
+//! Qwen2 are also saved in bf16 (`<arch>_bf16/`): our loader widens bf16 to
+//! f32, and their reference is transformers on the same bf16 weights widened
+//! exactly to float64, so the f32 bound below holds for them unchanged.
 //! Everything goes through the public loading path (`config.json` →
 //! `ModelConfig`, `model.safetensors` → `Transformer`), so a misread config
 //! field, a misnamed tensor, or a layer computing something else shows up.
@@ -77,15 +81,34 @@ fn rows(t: &[f64], width: usize, from: usize, to: usize) -> &[f64] {
     &t[from * width..to * width]
 }
 
-fn golden(arch: &str, class: &str) {
+fn read_golden(arch: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(arch).join("golden.json")).unwrap())
+        .unwrap()
+}
+
+/// Checks the fixture is stored as `dtype` (`F32` or `BF16`), with an
+/// `lm_head.weight` exactly when the head is untied, then matches it.
+fn golden(arch: &str, class: &str, dtype: &str) {
     let dir = fixture(arch);
-    let g: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
+    let g = read_golden(arch);
     assert_eq!(g["architecture"], class, "{arch}: fixture of another class");
-    eprintln!("{arch}: reference from {}", g["generator"]);
+    eprintln!(
+        "{arch}: reference from {}; {}",
+        g["generator"], g["weights"]
+    );
     let config = ModelConfig::from_file(dir.join("config.json")).unwrap();
     let files = SafetensorsFiles::open(&dir).unwrap();
+    for name in files.names() {
+        let (stored, _) = files.dtype_and_shape(name).unwrap();
+        assert_eq!(stored, dtype, "{arch}: tensor {name} stored as {stored}");
+    }
+    assert_eq!(
+        files.names().contains(&"lm_head.weight"),
+        !config.tie_word_embeddings,
+        "{arch}: a separate LM head is stored exactly when it is untied"
+    );
     let model = Transformer::from_safetensors(&config, &files).unwrap();
+    assert_eq!(model.is_tied(), config.tie_word_embeddings);
     let (h, v) = (config.hidden_size, config.vocab_size);
 
     let seqs: Vec<Vec<u32>> = g["seqs"]
@@ -152,7 +175,17 @@ fn golden(arch: &str, class: &str) {
 fn llama_with_llama3_rope_scaling_and_untied_head_matches_transformers() {
     let c = ModelConfig::from_file(fixture("llama").join("config.json")).unwrap();
     assert!(c.rope.scaling.is_some() && !c.tie_word_embeddings);
-    golden("llama", "LlamaForCausalLM");
+    assert!(c.num_kv_heads < c.num_heads, "GQA");
+    golden("llama", "LlamaForCausalLM", "F32");
+}
+
+#[test]
+fn llama_with_tied_head_matches_transformers() {
+    let c = ModelConfig::from_file(fixture("llama_tied").join("config.json")).unwrap();
+    assert!(c.rope.scaling.is_none() && c.tie_word_embeddings);
+    assert!(c.num_kv_heads < c.num_heads, "GQA");
+    assert_eq!(c.rope.theta, 5e5);
+    golden("llama_tied", "LlamaForCausalLM", "F32");
 }
 
 #[test]
@@ -160,12 +193,46 @@ fn qwen2_with_qkv_bias_and_tied_embeddings_matches_transformers() {
     let c = ModelConfig::from_file(fixture("qwen2").join("config.json")).unwrap();
     assert!(c.attention_bias.qkv && c.tie_word_embeddings);
     assert_eq!(c.rope.theta, 1e6);
-    golden("qwen2", "Qwen2ForCausalLM");
+    golden("qwen2", "Qwen2ForCausalLM", "F32");
 }
 
 #[test]
 fn mistral_with_explicit_head_dim_matches_transformers() {
     let c = ModelConfig::from_file(fixture("mistral").join("config.json")).unwrap();
     assert_eq!(c.head_dim * c.num_heads, 2 * c.hidden_size);
-    golden("mistral", "MistralForCausalLM");
+    golden("mistral", "MistralForCausalLM", "F32");
+}
+
+/// The bf16 copy must be a different model from the f32 one by more than
+/// the tolerance (else its own golden file would prove nothing about the
+/// bf16 path: reading bf16 bits as f16, or dropping the low half of an f32,
+/// must fail), yet close to it (it is a rounding of the same weights).
+fn bf16_golden(arch: &str, class: &str) {
+    let rounded = format!("{arch}_bf16");
+    let a = floats(&read_golden(arch)["f64"][0]["logits"]);
+    let b = floats(&read_golden(&rounded)["f64"][0]["logits"]);
+    let (_, rel) = errors(&b, &a);
+    eprintln!("{rounded}: bf16 rounding of the weights moves the f64 logits by {rel:.2e}");
+    assert!(
+        (100.0 * REL_TOL..0.1).contains(&rel),
+        "{rounded}: bf16 and f32 references differ by {rel:.2e}"
+    );
+    golden(&rounded, class, "BF16");
+}
+
+#[test]
+fn llama_bf16_checkpoint_with_untied_head_matches_transformers() {
+    bf16_golden("llama", "LlamaForCausalLM");
+}
+
+#[test]
+fn llama_bf16_checkpoint_with_tied_head_matches_transformers() {
+    bf16_golden("llama_tied", "LlamaForCausalLM");
+}
+
+#[test]
+fn qwen2_bf16_checkpoint_with_qkv_bias_matches_transformers() {
+    let c = ModelConfig::from_file(fixture("qwen2_bf16").join("config.json")).unwrap();
+    assert!(c.attention_bias.qkv && c.tie_word_embeddings);
+    bf16_golden("qwen2", "Qwen2ForCausalLM");
 }

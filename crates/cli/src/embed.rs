@@ -9,7 +9,7 @@ use llm2comp_backbone::model;
 use llm2comp_backbone::{EmbedOptions, Embedder, Pooling};
 use llm2comp_tensor::Device;
 
-use crate::npy::write_embeddings;
+use crate::npy::{output_format, write_embeddings};
 use crate::texts::{self, InputFormat};
 
 /// How hidden states become one vector.
@@ -81,6 +81,7 @@ pub fn run(args: &Args) -> Result<()> {
     if args.max_length == 0 || args.max_batch_tokens == 0 || args.batch_size == Some(0) {
         bail!("--max-length, --max-batch-tokens and --batch-size must be at least 1");
     }
+    output_format(&args.output)?;
     let device = Device::parse(&args.device)?;
     if device != Device::Cpu {
         // The CUDA kernels exist in the tensor core; the layers do not route

@@ -49,15 +49,37 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write().with_context(|| format!("writing {}", path.display()))
 }
 
+/// The output layouts `llm2comp embed` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// float32 [N, D] .npy.
+    Npy,
+    /// One `{"index", "embedding"}` object a line.
+    Jsonl,
+}
+
+/// The format `path`'s extension names; checked before any work is done, so
+/// a typo in the output name does not cost a whole embedding run.
+pub fn output_format(path: &Path) -> Result<OutputFormat> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("npy") => Ok(OutputFormat::Npy),
+        Some("jsonl") => Ok(OutputFormat::Jsonl),
+        _ => bail!(
+            "{}: unknown output format; use a .npy or .jsonl file name",
+            path.display()
+        ),
+    }
+}
+
 /// Writes embeddings in the format `path`'s extension names.
 pub fn write_embeddings(path: &Path, rows: &[Vec<f32>]) -> Result<()> {
     let dim = rows.first().map_or(0, Vec::len);
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("npy") => {
+    match output_format(path)? {
+        OutputFormat::Npy => {
             let flat: Vec<f32> = rows.concat();
             write_atomic(path, &npy_bytes(&flat, &[rows.len(), dim]))
         }
-        Some("jsonl") => {
+        OutputFormat::Jsonl => {
             let mut out = Vec::new();
             for (i, r) in rows.iter().enumerate() {
                 serde_json::to_writer(&mut out, &serde_json::json!({"index": i, "embedding": r}))?;
@@ -65,10 +87,6 @@ pub fn write_embeddings(path: &Path, rows: &[Vec<f32>]) -> Result<()> {
             }
             write_atomic(path, &out)
         }
-        _ => bail!(
-            "{}: unknown output format; use a .npy or .jsonl file name",
-            path.display()
-        ),
     }
 }
 
@@ -89,7 +107,7 @@ mod tests {
         assert_eq!(data.len(), 24);
         assert_eq!(f32::from_le_bytes(data[4..8].try_into().unwrap()), -2.5);
         assert!(
-            std::str::from_utf8(&npy_bytes(&[1.0], &[1])[10..])
+            std::str::from_utf8(&npy_bytes(&[1.0], &[1])[10..64])
                 .unwrap()
                 .contains("(1,)")
         );
