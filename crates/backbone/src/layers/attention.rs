@@ -154,6 +154,22 @@ impl Attention {
         ))
     }
 
+    /// y [T, H] for the normed x [T, H], keeping nothing: q, k and v are
+    /// dropped before o_proj allocates its output. Equal to [`Attention::forward`]'s y.
+    pub fn infer(&self, x: &Tensor, call: &AttentionCall) -> Result<Tensor> {
+        let t = x.dims2(OP, "x")?.0;
+        let (hq, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let o = {
+            let mut q = self.q.forward(x, call.proj[0])?.0.reshape(&[t, hq, d])?;
+            let mut k = self.k.forward(x, call.proj[1])?.0.reshape(&[t, hkv, d])?;
+            let v = self.v.forward(x, call.proj[2])?.0.reshape(&[t, hkv, d])?;
+            rope::forward_inplace(&mut q, call.positions, call.rope)?;
+            rope::forward_inplace(&mut k, call.positions, call.rope)?;
+            attention::forward(&q, &k, &v, call.cu_seqlens, &self.opts(call))?.o
+        };
+        Ok(self.o.forward(&o.reshape(&[t, hq * d])?, call.proj[3])?.0)
+    }
+
     /// dx for dy [T, H]; adds adapter gradients into `grads` where it holds buffers.
     pub fn backward(
         &self,

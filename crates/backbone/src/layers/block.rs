@@ -181,6 +181,26 @@ impl Block {
         ))
     }
 
+    /// y for x, keeping nothing (embedding, evaluation): x becomes the
+    /// residual stream and each branch is added into it in place, so besides
+    /// x only one branch's activations exist at a time. Equal to
+    /// [`Block::forward`]'s y (a + b and b += a round alike).
+    pub fn infer(&self, x: Tensor, call: &BlockCall) -> Result<Tensor> {
+        let mut x = x;
+        let a = {
+            let n1 = self.attn_norm.forward(&x)?.0;
+            self.attn.infer(&n1, &call.attention())?
+        };
+        residual::add_into(&mut x, &a)?;
+        drop(a);
+        let m = {
+            let n2 = self.mlp_norm.forward(&x)?.0;
+            self.mlp.infer(&n2, &call.mlp())?
+        };
+        residual::add_into(&mut x, &m)?;
+        Ok(x)
+    }
+
     /// dx for dy; adds adapter gradients into `grads` where it holds buffers.
     pub fn backward(
         &self,

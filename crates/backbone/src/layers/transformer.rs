@@ -353,7 +353,7 @@ impl Transformer {
                 cu_seqlens,
                 rope: &rope,
             };
-            x = block.forward(&x, &call)?.0;
+            x = block.infer(x, &call)?;
         }
         Ok(self.norm.forward(&x)?.0)
     }

@@ -247,7 +247,14 @@ impl Transformer {
             .map(Path::to_path_buf)
             .unwrap_or_default();
         assemble(config, &origin, &mut |s| {
-            Ok(files.tensor(&s.hf, &s.shape)?.to_dtype(DType::F32))
+            // One copy out of the mmap (a Tensor owns its Vec); f32 tensors
+            // are used as read, never converted to themselves (a second copy).
+            let t = files.tensor(&s.hf, &s.shape)?;
+            Ok(if t.dtype() == DType::F32 {
+                t
+            } else {
+                t.to_dtype(DType::F32)
+            })
         })
     }
 
