@@ -34,5 +34,7 @@ cp target/release/llm2comp "$out/"
 
 strip "$out"/*
 cp scripts/gpu-check.sh scripts/bench_gpu_torch.py scripts/gpu_table.py "$out/"
+# The tiny model gpu-check.sh embeds on CUDA and on the CPU.
+cp -r crates/backbone/tests/fixtures/tiny-embed "$out/"
 du -sh "$out"
 ls -l "$out"

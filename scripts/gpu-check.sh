@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine: every GPU test against the CPU reference, the
-# sanitizers on small cases, then the GPU benchmarks with their PyTorch
+# sanitizers on small cases, `llm2comp embed` on CUDA against the CPU on a
+# tiny committed model, then the GPU benchmarks with their PyTorch
 # baselines measured in the same run. Usage: scripts/gpu-check.sh BIN_DIR OUT_DIR
 # (BIN_DIR from scripts/gpu-build.sh; OUT_DIR defaults to target/gpu-check).
 # Writes logs and table.md (our figures beside PyTorch's) into OUT_DIR.
@@ -51,6 +52,65 @@ if command -v compute-sanitizer >/dev/null && [ -z "${SKIP_SANITIZER:-}" ]; then
         echo "compute-sanitizer $tool: $ours finding(s) in our kernels"
         [ "$ours" -eq 0 ] || status=1
     done
+fi
+
+echo "== embed: llm2comp embed on CUDA (f32, bf16 MMA, bf16 simple attention) vs the CPU"
+# The tiny Qwen2 fixture (head_dim 64, q/k/v biases; scripts/make_tiny_embed_model.py):
+# gpu-build.sh copies it beside the binaries; from a checkout it is in the repo.
+tiny=${TINY_EMBED_MODEL:-}
+for d in "$bin/tiny-embed" "$here/../crates/backbone/tests/fixtures/tiny-embed" \
+    crates/backbone/tests/fixtures/tiny-embed; do
+    [ -z "$tiny" ] && [ -f "$d/model.safetensors" ] && tiny=$d
+done
+if [ -z "$tiny" ] || [ ! -x "$bin/llm2comp" ]; then
+    echo "embed check: no tiny-embed fixture or no $bin/llm2comp: FAILED"
+    status=1
+else
+    emb="$out/embed"
+    mkdir -p "$emb"
+    embed_ok=1
+    # Two settings: causal + mean pooling, bidirectional + last-token pooling.
+    for mode in "causal mean" "bidirectional last"; do
+        set -- $mode
+        tag="$1-$2"
+        for run in cpu:cpu:f32: cuda:cuda:f32: cuda:cuda:bf16: cuda:cuda:bf16:simple; do
+            IFS=: read -r name dev dt simple <<<"$run"
+            file="$emb/$tag-$dev-$dt${simple:+-$simple}.npy"
+            LLM2COMP_ATTN_SIMPLE=$([ -n "$simple" ] && echo 1 || echo 0) \
+                timeout 120 "$bin/llm2comp" embed --model "$tiny" --input "$tiny/passages.txt" \
+                --output "$file" --device "$dev" --dtype "$dt" --attention "$1" --pooling "$2" \
+                --max-batch-tokens 300 >"$file.log" 2>&1 || {
+                echo "embed $tag $dev $dt $simple: FAILED"
+                cat "$file.log"
+                embed_ok=0
+            }
+        done
+        # Row-wise relative L2 error against the CPU rows (max over rows) and the
+        # smallest row cosine; gates: f32 <= 1e-4, bf16 <= 3e-2 (relative error).
+        python3 - "$emb/$tag" <<'PY' || embed_ok=0
+import sys, os
+import numpy as np
+base = sys.argv[1]
+ref = np.load(base + "-cpu-f32.npy").astype(np.float64)
+ok = True
+for suffix, bound in [("cuda-f32", 1e-4), ("cuda-bf16", 3e-2), ("cuda-bf16-simple", 3e-2)]:
+    path = f"{base}-{suffix}.npy"
+    if not os.path.exists(path):
+        print(f"{os.path.basename(base)} {suffix}: missing"); ok = False; continue
+    got = np.load(path).astype(np.float64)
+    if got.shape != ref.shape or not np.isfinite(got).all():
+        print(f"{os.path.basename(base)} {suffix}: shape {got.shape} vs {ref.shape} or non-finite"); ok = False; continue
+    rel = np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)
+    cos = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
+    good = rel.max() <= bound
+    ok &= bool(good)
+    print(f"{os.path.basename(base)} {suffix}: [{ref.shape[0]} x {ref.shape[1]}] max row rel err "
+          f"{rel.max():.3e} (bound {bound:.0e}), min cosine {cos.min():.6f}: {'ok' if good else 'FAILED'}")
+sys.exit(0 if ok else 1)
+PY
+    done
+    [ "$embed_ok" -eq 1 ] || status=1
+    echo "embed check: $([ "$embed_ok" -eq 1 ] && echo ok || echo FAILED)"
 fi
 
 echo "== benchmarks"

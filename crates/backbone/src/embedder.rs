@@ -6,8 +6,12 @@
 //! way that wastes work. Results are written back in input order. Sorting
 //! longest-first also makes the first batch the largest, so an out-of-memory
 //! shows up at once rather than at the end of a long run.
+//!
+//! The model may live on any device ([`Transformer::to_device`]): only the
+//! pooled [B, H] rows come back to the host, as f32, where the optional L2
+//! normalisation runs in f64 (B·H values, not worth a kernel).
 
-use llm2comp_tensor::{Result, Tensor, TensorError};
+use llm2comp_tensor::{Device, Result, TensorError};
 
 use crate::{Input, Pass, Pooling, Transformer};
 
@@ -118,13 +122,11 @@ impl<'a> Embedder<'a> {
             }
             let hidden = self.model.infer(Input::Ids(&ids), &cu, &pass)?;
             let (pooled, _) = self.opts.pooling.forward(&hidden, &cu)?;
-            let pooled = if self.opts.normalize {
-                l2_normalize(&pooled)?
-            } else {
-                pooled
-            };
-            let dim = pooled.shape()[1];
-            let v = pooled.to_vec_f32();
+            let dim = pooled.dims2(OP, "pooled")?.1;
+            let mut v = pooled.to_device(Device::Cpu)?.to_vec_f32();
+            if self.opts.normalize {
+                l2_normalize(&mut v, dim);
+            }
             for (row, &i) in batch.iter().enumerate() {
                 out[i] = v[row * dim..(row + 1) * dim].to_vec();
             }
@@ -135,17 +137,14 @@ impl<'a> Embedder<'a> {
     }
 }
 
-/// Rows scaled to unit L2 norm (a zero row stays zero).
-fn l2_normalize(x: &Tensor) -> Result<Tensor> {
-    let (_, d) = x.dims2(OP, "pooled")?;
-    let mut v = x.to_vec_f32();
+/// Rows of width `d` scaled to unit L2 norm (a zero row stays zero).
+fn l2_normalize(v: &mut [f32], d: usize) {
     for row in v.chunks_mut(d.max(1)) {
         let n = row.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
         if n > 0.0 {
             row.iter_mut().for_each(|a| *a = (*a as f64 / n) as f32);
         }
     }
-    Tensor::from_vec(v, x.shape())
 }
 
 #[cfg(test)]

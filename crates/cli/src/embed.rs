@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use llm2comp_backbone::model;
 use llm2comp_backbone::{EmbedOptions, Embedder, Pooling};
-use llm2comp_tensor::Device;
+use llm2comp_tensor::{DType, Device};
 
 use crate::npy::{output_format, write_embeddings};
 use crate::texts::{self, InputFormat};
@@ -21,6 +21,15 @@ pub enum PoolingArg {
     Last,
     /// Mean over the k memory tokens appended by an LLM2Comp adapter.
     Memory,
+}
+
+/// Compute dtype of the model's weights and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DTypeArg {
+    /// bfloat16 (CUDA only; the tensor-core attention kernels need it).
+    Bf16,
+    /// float32 (the CPU's only dtype; exact reference on CUDA).
+    F32,
 }
 
 /// Attention mask of the encoder.
@@ -74,6 +83,9 @@ pub struct Args {
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Compute dtype (default: bf16 on CUDA, f32 on the CPU, which has only f32).
+    #[arg(long, value_enum)]
+    pub dtype: Option<DTypeArg>,
 }
 
 /// Runs the command.
@@ -83,15 +95,15 @@ pub fn run(args: &Args) -> Result<()> {
     }
     output_format(&args.output)?;
     let device = Device::parse(&args.device)?;
-    if device != Device::Cpu {
-        // The CUDA kernels exist in the tensor core; the layers do not route
-        // through them yet, so refuse rather than silently run on the CPU.
-        device.check()?;
-        bail!(
-            "--device {device}: the model layers do not run on CUDA yet (the kernels do: \
-             see docs/architecture.md); use --device cpu"
-        );
-    }
+    let dtype = match (args.dtype, device) {
+        (Some(DTypeArg::F32), _) | (None, Device::Cpu) => DType::F32,
+        (Some(DTypeArg::Bf16), Device::Cpu) => {
+            bail!("--dtype bf16 needs --device cuda: the CPU kernels compute in f32")
+        }
+        (Some(DTypeArg::Bf16) | None, _) => DType::BF16,
+    };
+    // Before reading any file: a missing driver or device is the first thing to say.
+    device.check()?;
     let pooling = match args.pooling {
         PoolingArg::Mean => Pooling::Mean,
         PoolingArg::Last => Pooling::LastToken,
@@ -104,8 +116,14 @@ pub fn run(args: &Args) -> Result<()> {
     let start = Instant::now();
     let tokenizer = model::load_tokenizer(&args.model)
         .with_context(|| format!("loading the tokenizer of {}", args.model.display()))?;
-    let transformer = model::load_transformer(&args.model)
+    let mut transformer = model::load_transformer(&args.model)
         .with_context(|| format!("loading {}", args.model.display()))?;
+    if device != Device::Cpu {
+        // The host copy is dropped at once: one copy of the weights, on the device.
+        transformer = transformer
+            .to_device(device, dtype)
+            .with_context(|| format!("moving the model to {device} as {dtype}"))?;
+    }
     let vocab = transformer.config().vocab_size as u32;
     let loaded = start.elapsed();
 
@@ -168,8 +186,8 @@ pub fn run(args: &Args) -> Result<()> {
 
     let dim = rows.first().map_or(0, Vec::len);
     eprintln!(
-        "embedded {} passages ({tokens} tokens) in {secs:.2} s ({:.0} tokens/s; model loaded in \
-         {:.2} s) -> {} [{} x {dim}]",
+        "embedded {} passages ({tokens} tokens) on {device} ({dtype}) in {secs:.2} s ({:.0} \
+         tokens/s; model loaded in {:.2} s) -> {} [{} x {dim}]",
         rows.len(),
         tokens as f64 / secs.max(1e-9),
         loaded.as_secs_f64(),

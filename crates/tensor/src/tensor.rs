@@ -463,6 +463,71 @@ impl Tensor {
         })
     }
 
+    /// Overwrites rows `at..at + rows` of self with rows `from..from + rows` of
+    /// `src` (rows along the first dimension; same dtype, device and row
+    /// width). A host slice copy or one device-to-device copy: how layers
+    /// place a few rows from a second table without a host round trip.
+    pub fn copy_rows(&mut self, at: usize, src: &Tensor, from: usize, rows: usize) -> Result<()> {
+        const OP: &str = "Tensor::copy_rows";
+        let width = |t: &Tensor| t.shape.get(1..).map_or(0, numel);
+        if self.rank() == 0 || src.rank() != self.rank() || width(src) != width(self) {
+            return Err(TensorError::shape(
+                OP,
+                "src",
+                format!("rows of {:?}", self.shape.get(1..).unwrap_or(&[])),
+                &src.shape,
+            ));
+        }
+        src.expect_dtype(OP, "src", self.dtype())?;
+        if src.device() != self.device() {
+            return Err(TensorError::Device {
+                op: OP,
+                expected: self.device(),
+                found: src.device(),
+            });
+        }
+        let (dst_rows, src_rows) = (self.shape[0], src.shape[0]);
+        if at.checked_add(rows).is_none_or(|e| e > dst_rows)
+            || from.checked_add(rows).is_none_or(|e| e > src_rows)
+        {
+            return Err(TensorError::invalid(
+                OP,
+                format!("rows {from}..+{rows} of {src_rows} into rows {at}..+{rows} of {dst_rows}"),
+            ));
+        }
+        let w = width(self);
+        let es = self.dtype().size_in_bytes();
+        match (&mut self.storage, &src.storage) {
+            (Storage::Cpu(d), Storage::Cpu(s)) => {
+                let (d, s): (&mut [u8], &[u8]) = match (d, s) {
+                    (CpuStorage::F32(d), CpuStorage::F32(s)) => {
+                        (bytemuck::cast_slice_mut(d), bytemuck::cast_slice(s))
+                    }
+                    (CpuStorage::BF16(d), CpuStorage::BF16(s)) => {
+                        (bytemuck::cast_slice_mut(d), bytemuck::cast_slice(s))
+                    }
+                    (CpuStorage::F16(d), CpuStorage::F16(s)) => {
+                        (bytemuck::cast_slice_mut(d), bytemuck::cast_slice(s))
+                    }
+                    _ => unreachable!("dtypes checked equal above"),
+                };
+                d[at * w * es..(at + rows) * w * es]
+                    .copy_from_slice(&s[from * w * es..(from + rows) * w * es]);
+                Ok(())
+            }
+            (Storage::Cuda(d), Storage::Cuda(s)) => {
+                let bytes = rows * w * es;
+                let dev = d.buf.device().clone();
+                dev.copy_device(
+                    s.buf.ptr() + (from * w * es) as u64,
+                    d.buf.ptr() + (at * w * es) as u64,
+                    bytes,
+                )
+            }
+            _ => unreachable!("devices checked equal above"),
+        }
+    }
+
     /// A copy on `device` (host <-> device through a synchronous copy).
     pub fn to_device(&self, device: Device) -> Result<Tensor> {
         const OP: &str = "Tensor::to_device";
@@ -547,5 +612,20 @@ mod tests {
         let r = t.reshape(&[3, 2]).unwrap();
         assert_eq!(r.dims2("t", "r").unwrap(), (3, 2));
         assert!(r.reshape(&[4]).is_err());
+    }
+
+    #[test]
+    fn copy_rows_copies_a_row_range_and_checks_bounds() {
+        let mut dst = Tensor::from_vec((0..8).map(|x| x as f32).collect(), &[4, 2]).unwrap();
+        let src = Tensor::from_vec(vec![-1.0f32, -2.0, -3.0, -4.0, -5.0, -6.0], &[3, 2]).unwrap();
+        dst.copy_rows(1, &src, 1, 2).unwrap();
+        assert_eq!(dst.to_vec_f32(), [0., 1., -3., -4., -5., -6., 6., 7.]);
+        let e = dst.copy_rows(3, &src, 0, 2).unwrap_err().to_string();
+        assert!(e.contains("copy_rows") && e.contains("of 4"), "{e}");
+        let wide = Tensor::zeros(&[3, 3], DType::F32, Device::Cpu);
+        assert!(dst.copy_rows(0, &wide, 0, 1).is_err());
+        let bf = Tensor::zeros(&[3, 2], DType::BF16, Device::Cpu);
+        let e = dst.copy_rows(0, &bf, 0, 1).unwrap_err().to_string();
+        assert!(e.contains("BF16"), "{e}");
     }
 }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use llm2comp_tensor::ops::embedding;
-use llm2comp_tensor::{DType, Result, Tensor, TensorError};
+use llm2comp_tensor::{Result, Tensor, TensorError};
 
 const OP: &str = "TokenEmbedding";
 
@@ -20,9 +20,9 @@ pub struct TokenEmbedding {
 }
 
 impl TokenEmbedding {
-    /// A lookup over `table` [V, H] (f32) without extra rows.
+    /// A lookup over `table` [V, H] (f32, or bf16 on CUDA) without extra rows.
     pub fn new(table: Arc<Tensor>) -> Result<Self> {
-        table.expect_dtype(OP, "table", DType::F32)?;
+        super::check_weight(OP, "table", &table)?;
         table.dims2(OP, "table [V, H]")?;
         Ok(Self { table, extra: None })
     }
@@ -67,10 +67,18 @@ impl TokenEmbedding {
         (t, self.extra.as_mut())
     }
 
-    /// Sets (or with `None` removes) the extra rows [k, H] read for ids V..V+k.
+    /// Sets (or with `None` removes) the extra rows [k, H] read for ids V..V+k
+    /// (the table's dtype, on its device).
     pub fn set_extra(&mut self, rows: Option<Tensor>) -> Result<()> {
         if let Some(r) = &rows {
-            r.expect_dtype(OP, "extra rows", DType::F32)?;
+            r.expect_dtype(OP, "extra rows", self.table.dtype())?;
+            if r.device() != self.table.device() {
+                return Err(TensorError::Device {
+                    op: OP,
+                    expected: self.table.device(),
+                    found: r.device(),
+                });
+            }
             let (_, h) = r.dims2(OP, "extra rows [k, H]")?;
             if h != self.hidden() {
                 return Err(TensorError::shape(
@@ -126,11 +134,17 @@ impl TokenEmbedding {
         let (base, extra) = self.split(ids);
         let mut out = embedding::forward(&base, &self.table)?;
         if let Some(rows) = &self.extra {
-            let h = self.hidden();
-            let src = rows.f32s(OP, "extra rows")?;
-            let dst = out.f32s_mut(OP, "out")?;
-            for (p, r) in extra {
-                dst[p * h..(p + 1) * h].copy_from_slice(&src[r * h..(r + 1) * h]);
+            // Memory tokens come as runs (k consecutive positions reading rows
+            // 0..k), so each run is one row-range copy, on whichever device.
+            let mut i = 0;
+            while i < extra.len() {
+                let (p, r) = extra[i];
+                let mut n = 1;
+                while extra.get(i + n) == Some(&(p + n, r + n)) {
+                    n += 1;
+                }
+                out.copy_rows(p, rows, r, n)?;
+                i += n;
             }
         }
         Ok(out)
@@ -182,7 +196,7 @@ impl TokenEmbedding {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use llm2comp_tensor::Device;
+    use llm2comp_tensor::{DType, Device};
 
     #[test]
     fn extra_rows_are_read_and_trained_apart_from_the_table() {

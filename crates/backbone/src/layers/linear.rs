@@ -50,20 +50,15 @@ pub struct LinearCache {
     side: Option<(Tensor, Option<DropoutMask>)>,
 }
 
-/// Adds `bias` [out] to every row of y [rows, out].
-fn add_bias(y: &mut Tensor, bias: &Tensor) -> Result<()> {
-    let out = bias.numel();
-    let b = bias.f32s(OP, "bias")?;
-    for row in y.f32s_mut(OP, "y")?.chunks_exact_mut(out) {
-        for (v, &bv) in row.iter_mut().zip(b) {
-            *v += bv;
-        }
-    }
-    Ok(())
-}
-
-/// t ← s·t.
+/// t ← s·t (host only: LoRA side paths do not run on CUDA yet).
 fn scale_in_place(t: &mut Tensor, s: f32) -> Result<()> {
+    if t.device().is_cuda() {
+        return Err(TensorError::invalid(
+            OP,
+            "LoRA side paths do not run on CUDA yet; merge the adapter (merge_lora) or run on \
+             the CPU",
+        ));
+    }
     for v in t.f32s_mut(OP, "lora activation")? {
         *v *= s;
     }
@@ -71,18 +66,26 @@ fn scale_in_place(t: &mut Tensor, s: f32) -> Result<()> {
 }
 
 impl Linear {
-    /// A projection from an f32 weight [out, in] and optional bias [out].
+    /// A projection from a weight [out, in] and optional bias [out] (f32, or
+    /// bf16 on CUDA; the bias in the weight's dtype, on its device).
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         Self::shared(Arc::new(weight), bias.map(Arc::new))
     }
 
     /// A projection over weights shared with other models.
     pub fn shared(weight: Arc<Tensor>, bias: Option<Arc<Tensor>>) -> Result<Self> {
-        weight.expect_dtype(OP, "weight", DType::F32)?;
+        super::check_weight(OP, "weight", &weight)?;
         let (d_out, _) = weight.dims2(OP, "weight [out, in]")?;
         if let Some(b) = &bias {
-            b.expect_dtype(OP, "bias", DType::F32)?;
+            b.expect_dtype(OP, "bias", weight.dtype())?;
             b.expect_shape(OP, "bias", &[d_out])?;
+            if b.device() != weight.device() {
+                return Err(TensorError::Device {
+                    op: OP,
+                    expected: weight.device(),
+                    found: b.device(),
+                });
+            }
         }
         Ok(Self {
             weight,
@@ -185,7 +188,7 @@ impl Linear {
     pub fn forward(&self, x: &Tensor, call: LinearCall) -> Result<(Tensor, LinearCache)> {
         let mut y = matmul::linear_forward(x, &self.weight)?;
         if let Some(b) = &self.bias {
-            add_bias(&mut y, b)?;
+            matmul::add_bias(&mut y, b)?;
         }
         let side = match (&self.lora, call.lora) {
             (Some(lora), true) => {

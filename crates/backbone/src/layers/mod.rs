@@ -11,9 +11,14 @@
 //! bidirectional) and a decoder / teacher (no LoRA, causal) share one copy;
 //! whether LoRA and which mask apply is chosen per call by [`Pass`].
 //!
-//! CPU note: bias broadcast, LoRA scaling, memory-row gathers and LoRA merges
-//! touch host slices directly (there is no tensor op for them yet); they are
-//! O(tokens·width) or one-off, and are the spots the CUDA backend must route.
+//! Devices: a model lives on one device ([`Transformer::to_device`]); every
+//! step of inference goes through tensor ops (the bias broadcast is
+//! `matmul::add_bias`, the memory-row gather `Tensor::copy_rows`), so a CUDA
+//! model runs on CUDA end to end, in f32 or bf16 (norm weights stay f32).
+//! Training (backward, LoRA side paths and merges) still touches host slices
+//! and refuses CUDA tensors with an error.
+//!
+//! [`Transformer::to_device`]: transformer::Transformer::to_device
 
 pub mod attention;
 pub mod block;
@@ -22,6 +27,7 @@ pub mod linear;
 pub mod lora;
 pub mod mlp;
 pub mod rmsnorm;
+pub mod to_device;
 pub mod transformer;
 pub mod weights;
 
@@ -83,6 +89,20 @@ impl Pass {
     /// This pass with gradient checkpointing on or off.
     pub fn with_checkpoint(self, checkpoint: bool) -> Self {
         Self { checkpoint, ..self }
+    }
+}
+
+/// Errors unless `t` is a weight the layers compute with: f32 anywhere, or
+/// bf16 on a CUDA device (the CPU kernels are f32 only).
+pub(crate) fn check_weight(
+    op: &'static str,
+    what: &'static str,
+    t: &llm2comp_tensor::Tensor,
+) -> llm2comp_tensor::Result<()> {
+    use llm2comp_tensor::DType;
+    match (t.device(), t.dtype()) {
+        (_, DType::F32) | (llm2comp_tensor::Device::Cuda(_), DType::BF16) => Ok(()),
+        _ => t.expect_dtype(op, what, DType::F32),
     }
 }
 

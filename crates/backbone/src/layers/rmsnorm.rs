@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use llm2comp_tensor::ops::rmsnorm;
-use llm2comp_tensor::{DType, Result, Tensor};
+use llm2comp_tensor::{Result, Tensor};
 
 /// y = x / rms(x) · w over the last dimension.
 #[derive(Debug, Clone)]
@@ -22,9 +22,9 @@ pub struct RmsNormCache {
 }
 
 impl RmsNorm {
-    /// A norm with weight [dim] (f32) and epsilon `eps`.
+    /// A norm with weight [dim] (f32, or bf16 on CUDA) and epsilon `eps`.
     pub fn new(weight: Arc<Tensor>, eps: f32) -> Result<Self> {
-        weight.expect_dtype("RmsNorm", "weight", DType::F32)?;
+        super::check_weight("RmsNorm", "weight", &weight)?;
         if weight.rank() != 1 {
             return Err(llm2comp_tensor::TensorError::shape(
                 "RmsNorm",
@@ -94,7 +94,11 @@ mod tests {
             .collect();
         llm2comp_tensor::testing::assert_close("rmsnorm", &y.to_vec_f32(), &want, 1e-6);
         let dy = rand_tensor(&[3, 6], 3, 1.0);
-        let mut dw = Tensor::zeros(&[6], DType::F32, llm2comp_tensor::Device::Cpu);
+        let mut dw = Tensor::zeros(
+            &[6],
+            llm2comp_tensor::DType::F32,
+            llm2comp_tensor::Device::Cpu,
+        );
         let dx = n.backward(&dy, &x, &cache, Some(&mut dw)).unwrap();
         check_f32(
             "rmsnorm dx",

@@ -32,7 +32,7 @@ const OP: &str = "Transformer";
 pub enum Input<'a> {
     /// Token ids; ids ≥ the base vocabulary read the extra rows.
     Ids(&'a [u32]),
-    /// Input embeddings [T, H] (f32), used as they are.
+    /// Input embeddings [T, H] in the model's dtype and on its device, used as they are.
     Embeds(&'a Tensor),
 }
 
@@ -159,7 +159,7 @@ impl Transformer {
         embedding.expect_shape(OP, "embedding", &[v, h])?;
         if let Some(w) = &lm_head {
             w.expect_shape(OP, "lm_head", &[v, h])?;
-            w.expect_dtype(OP, "lm_head", DType::F32)?;
+            super::check_weight(OP, "lm_head", w)?;
         }
         final_norm.weight().expect_shape(OP, "final norm", &[h])?;
         if blocks.len() != config.num_layers {
@@ -181,6 +181,16 @@ impl Transformer {
     /// The configuration the model was built from.
     pub fn config(&self) -> &ModelConfig {
         &self.config
+    }
+
+    /// The device holding the weights (all on one).
+    pub fn device(&self) -> Device {
+        self.embedding.table().device()
+    }
+
+    /// The activations' dtype: the embedding table's (f32, or bf16 on CUDA).
+    pub fn dtype(&self) -> DType {
+        self.embedding.table().dtype()
     }
 
     /// The token embedding (base table and extra rows).
@@ -269,7 +279,7 @@ impl Transformer {
             return Ok(slot.clone().expect("have > 0"));
         }
         let size = needed.next_power_of_two().max(64);
-        let t = Arc::new(RopeTable::new(&self.config.rope, size, Device::Cpu)?);
+        let t = Arc::new(RopeTable::new(&self.config.rope, size, self.device())?);
         *slot = Some(t.clone());
         Ok(t)
     }
@@ -278,10 +288,17 @@ impl Transformer {
         match input {
             Input::Ids(ids) => Ok((self.embedding.forward(ids)?, Some(ids.to_vec()))),
             Input::Embeds(x) => {
-                x.expect_dtype(OP, "inputs_embeds", DType::F32)?;
+                x.expect_dtype(OP, "inputs_embeds", self.dtype())?;
+                if x.device() != self.device() {
+                    return Err(TensorError::Device {
+                        op: OP,
+                        expected: self.device(),
+                        found: x.device(),
+                    });
+                }
                 let t = x.dims2(OP, "inputs_embeds")?.0;
                 x.expect_shape(OP, "inputs_embeds", &[t, self.config.hidden_size])?;
-                Ok((x.clone(), None))
+                Ok((x.try_clone()?, None))
             }
         }
     }
@@ -367,6 +384,16 @@ impl Transformer {
         cache: &TransformerCache,
         mut grads: Option<&mut TransformerGrads>,
     ) -> Result<Tensor> {
+        if self.device().is_cuda() {
+            return Err(TensorError::invalid(
+                OP,
+                format!(
+                    "backward on {}: training runs on the CPU only for now (CUDA models do \
+                     inference: infer)",
+                    self.device()
+                ),
+            ));
+        }
         let last = cache
             .inputs
             .last()

@@ -193,6 +193,18 @@ pub fn dyt_x<T: Real>(dy: &[T], x: &[T], dw: &mut [T], m: usize, n: usize, k: us
     );
 }
 
+/// y[r, :] += bias for every row r of y (row-major, `bias.len()` columns).
+pub fn add_bias<T: Real>(y: &mut [T], bias: &[T]) {
+    if bias.is_empty() {
+        return;
+    }
+    for row in y.chunks_exact_mut(bias.len()) {
+        for (v, &b) in row.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,5 +292,12 @@ mod tests {
     fn out_of_bounds_view_is_refused() {
         let d = [0.0f32; 5];
         let _ = MatRef::strided(&d, 2, 3, 3, 1);
+    }
+
+    #[test]
+    fn add_bias_adds_to_every_row() {
+        let mut y = vec![1.0f64, 2.0, 3.0, 4.0, 5.0, 6.0];
+        add_bias(&mut y, &[0.5, -1.0, 2.0]);
+        assert_eq!(y, [1.5, 1.0, 5.0, 4.5, 4.0, 8.0]);
     }
 }

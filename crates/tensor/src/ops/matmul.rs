@@ -1,4 +1,5 @@
-//! Linear layers without bias (Llama's projections). Kernels: `cpu/matmul.rs`.
+//! Linear layers (Llama's projections), and the bias broadcast some
+//! architectures add after them (Qwen2's q/k/v). Kernels: `cpu/matmul.rs`.
 //!
 //! W is stored [out, in] as PyTorch stores `nn.Linear`, so checkpoints load
 //! without a transpose. Every leading dimension of x is flattened into rows:
@@ -181,6 +182,75 @@ pub fn linear_backward_weight(dy: &Tensor, x: &Tensor, dw: &mut Tensor) -> Resul
     }
 }
 
+/// y[r, :] += bias for every row of y: [.., out]; bias: [out], y's dtype and device.
+/// On CUDA this is a rank-1 GEMM, y += ones[rows, 1]·bias[1, out] with beta 1
+/// (cuBLAS, f32 accumulation, one rounding per element), so no kernel of its
+/// own is needed; the ones column costs one small upload per call.
+pub fn add_bias(y: &mut Tensor, bias: &Tensor) -> Result<()> {
+    const OP: &str = "add_bias";
+    let d_out = match bias.shape() {
+        [n] => *n,
+        _ => return Err(TensorError::shape(OP, "bias", "rank 1", bias.shape())),
+    };
+    let rows = match y.shape().split_last() {
+        Some((&last, lead)) if last == d_out => lead.iter().product::<usize>(),
+        _ => {
+            return Err(TensorError::shape(
+                OP,
+                "y",
+                format!("[.., {d_out}] (the bias length)"),
+                y.shape(),
+            ));
+        }
+    };
+    crate::ops::same_device(OP, &[y, bias])?;
+    bias.expect_dtype(OP, "bias", y.dtype())?;
+    match y.device() {
+        Device::Cpu => {
+            let b = bias.f32s(OP, "bias")?;
+            cpu::matmul::add_bias(y.f32s_mut(OP, "y")?, b);
+            Ok(())
+        }
+        Device::Cuda(_) => {
+            let dtype = match y.dtype() {
+                d @ (DType::F32 | DType::BF16) => d,
+                found => {
+                    return Err(TensorError::invalid(
+                        OP,
+                        format!("y is {found}; the CUDA path takes f32 or bf16"),
+                    ));
+                }
+            };
+            if rows == 0 || d_out == 0 {
+                return Ok(());
+            }
+            let dev = y.cuda_device(OP, "y")?;
+            let ones = match dtype {
+                DType::BF16 => dev.upload(&vec![half::bf16::ONE; rows])?,
+                _ => dev.upload(&vec![1.0f32; rows])?,
+            };
+            let g = Gemm {
+                m: rows,
+                n: d_out,
+                k: 1,
+                a: ones.ptr(),
+                a_t: false,
+                b: bias.cuda_ptr(OP, "bias")?,
+                b_t: false,
+                c: y.cuda_ptr(OP, "y")?,
+                alpha: 1.0,
+                beta: 1.0,
+                ab: dtype,
+                c_dtype: dtype,
+            };
+            gemm(&dev, &g)?;
+            // `ones` returns to the cache here; stream order keeps the GEMM's reads first.
+            drop(ones);
+            Ok(())
+        }
+    }
+}
+
 /// The whole backward: returns dx and adds dW into `dweight` when given (`None` for a frozen weight).
 pub fn backward(
     dy: &Tensor,
@@ -316,5 +386,23 @@ mod tests {
         let y = linear_forward(&t(&[3, 0]), &t(&[4, 0])).unwrap();
         assert_eq!(y.shape(), &[3, 4]);
         assert!(y.to_vec_f32().iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn add_bias_checks_shapes_and_dtypes_then_adds_per_row() {
+        let mut y = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 1, 3]).unwrap();
+        let b = Tensor::from_vec(vec![0.5f32, -1.0, 2.0], &[3]).unwrap();
+        add_bias(&mut y, &b).unwrap();
+        assert_eq!(y.to_vec_f32(), [1.5, 1.0, 5.0, 4.5, 4.0, 8.0]);
+        let e = err_text(add_bias(&mut t(&[2, 4]), &b));
+        assert!(
+            e.contains("add_bias") && e.contains("y") && e.contains("[.., 3]"),
+            "{e}"
+        );
+        let e = err_text(add_bias(&mut t(&[2, 3]), &t(&[1, 3])));
+        assert!(e.contains("bias") && e.contains("rank 1"), "{e}");
+        let bf = Tensor::zeros(&[3], DType::BF16, Device::Cpu);
+        let e = err_text(add_bias(&mut t(&[2, 3]), &bf));
+        assert!(e.contains("bias") && e.contains("BF16"), "{e}");
     }
 }

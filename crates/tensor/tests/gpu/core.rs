@@ -112,6 +112,48 @@ fn linear_case(rows: usize, d_in: usize, d_out: usize, dtype: DType, bound: f64)
     check(&format!("{tag} dw (+=)"), &to_cpu_f32(&dwg), &dw, bound);
 }
 
+/// Tensor::copy_rows on the device moves exactly the rows the host copy moves.
+#[test]
+fn copy_rows_matches_host() {
+    let Some(dev) = cuda() else { return };
+    for dtype in [DType::F32, DType::BF16] {
+        let dst = randn(&[9, 37], 40).to_dtype(dtype);
+        let src = randn(&[5, 37], 41).to_dtype(dtype);
+        let mut want = dst.clone();
+        want.copy_rows(2, &src, 1, 3).unwrap();
+        let mut got = dst.to_device(dev).unwrap();
+        got.copy_rows(2, &src.to_device(dev).unwrap(), 1, 3)
+            .unwrap();
+        assert_eq!(got.to_device(Device::Cpu).unwrap(), want, "{dtype:?}");
+    }
+}
+
+/// y += bias per row (a rank-1 GEMM on the device) against the CPU loop on the
+/// same values; rows and width odd, a 3-d y to check leading dims flatten.
+#[test]
+fn add_bias_matches_cpu() {
+    let Some(dev) = cuda() else { return };
+    for (dtype, bound) in [(DType::F32, 1e-6), (DType::BF16, 1e-2)] {
+        let y0 = rounded(&randn(&[5, 13, 67], 30), dtype);
+        let b = rounded(&randn(&[67], 31), dtype);
+        let mut want = y0.clone();
+        matmul::add_bias(&mut want, &b).unwrap();
+        let mut yg = to_gpu(&y0, dtype, dev);
+        matmul::add_bias(&mut yg, &to_gpu(&b, dtype, dev)).unwrap();
+        check(
+            &format!("add_bias {dtype:?}"),
+            &to_cpu_f32(&yg),
+            &want,
+            bound,
+        );
+    }
+    let mut y = to_gpu(&randn(&[3, 4], 32), DType::BF16, dev);
+    let e = matmul::add_bias(&mut y, &to_gpu(&randn(&[4], 33), DType::F32, dev))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bias") && e.contains("F32"), "{e}");
+}
+
 #[test]
 fn linear_f32_matches_cpu() {
     linear_case(77, 65, 33, DType::F32, 1e-5);
