@@ -13,45 +13,22 @@ use std::sync::Arc;
 use cudarc::driver::PushKernelArg;
 
 use crate::cuda::{self, CudaDevice, modules};
-use crate::{DType, Result, Tensor, TensorError, cpu};
+use crate::{DType, Result, Tensor, cpu};
 
 const OP: &str = "embedding";
-/// Most threads per block; threads stride over the row's H columns.
-const MAX_BLOCK: usize = 256;
-
-/// The kernel-name part for a tensor's dtype: f32 or bf16, else an error naming `what`.
-fn dtype_name(t: &Tensor, what: &'static str) -> Result<&'static str> {
-    match t.dtype() {
-        DType::F32 => Ok("f32"),
-        DType::BF16 => Ok("bf16"),
-        found => Err(TensorError::invalid(
-            OP,
-            format!("{what} is {found}; the CUDA kernels take f32 or bf16"),
-        )),
-    }
-}
-
-/// A warp multiple covering `hidden`, at most [`MAX_BLOCK`].
-fn block_size(hidden: usize) -> u32 {
-    (hidden.div_ceil(32) * 32).clamp(32, MAX_BLOCK) as u32
-}
-
-/// `v` as a kernel's i32 (sizes) or a grid's block count (both below 2³¹).
-fn as_i32(what: &str, v: usize) -> Result<i32> {
-    i32::try_from(v).map_err(|_| {
-        TensorError::invalid(OP, format!("{what} = {v} exceeds the kernels' i32 range"))
-    })
-}
 
 /// out [N, H] = table[ids]; table F32 or BF16 on a CUDA device, ids already range-checked.
 pub fn forward(ids: &[u32], table: &Tensor, hidden: usize) -> Result<Tensor> {
-    let name = format!("embedding_fwd_{}", dtype_name(table, "table")?);
+    let name = format!("embedding_fwd_{}", cuda::kernel_dtype(OP, table, "table")?);
     let dev = table.cuda_device(OP, "table")?;
     let out = Tensor::empty(&[ids.len(), hidden], table.dtype(), table.device())?;
     if ids.is_empty() || hidden == 0 {
         return Ok(out);
     }
-    let (grid, h) = (as_i32("N", ids.len())?, as_i32("H", hidden)?);
+    let (grid, h) = (
+        cuda::as_i32(OP, "N", ids.len())?,
+        cuda::as_i32(OP, "H", hidden)?,
+    );
     let ids_buf = dev.upload(ids)?;
     let ids_ptr = ids_buf.ptr();
     let table_ptr = table.cuda_ptr(OP, "table")?;
@@ -61,7 +38,7 @@ pub fn forward(ids: &[u32], table: &Tensor, hidden: usize) -> Result<Tensor> {
     b.arg(&ids_ptr).arg(&table_ptr).arg(&out_ptr).arg(&h);
     // SAFETY: the argument list matches embedding_fwd_*; ids < V (checked by
     // the caller) keep every read inside table, and out holds N·H elements.
-    unsafe { b.launch(cuda::cfg(grid as u32, block_size(hidden), 0)) }
+    unsafe { b.launch(cuda::cfg(grid as u32, cuda::row_block(hidden), 0)) }
         .map_err(cuda::launch_err(OP))?;
     Ok(out)
 }
@@ -77,7 +54,7 @@ struct Runs {
 }
 
 fn group(ids: &[u32]) -> Result<Runs> {
-    as_i32("N", ids.len())?;
+    cuda::as_i32(OP, "N", ids.len())?;
     let (order, runs) = cpu::embedding::group_by_id(ids);
     // N < 2³¹ (checked above), so every position and run start fits u32.
     let order = order.iter().map(|&p| p as u32).collect();
@@ -97,11 +74,11 @@ fn scatter_runs(
     dst_ptr: u64,
     dense: bool,
 ) -> Result<()> {
-    let name = format!("embedding_bwd_{}", dtype_name(dout, "dout")?);
+    let name = format!("embedding_bwd_{}", cuda::kernel_dtype(OP, dout, "dout")?);
     if runs.ids.is_empty() || hidden == 0 {
         return Ok(());
     }
-    let h = as_i32("H", hidden)?;
+    let h = cuda::as_i32(OP, "H", hidden)?;
     let order_buf = dev.upload(&runs.order)?;
     let start_buf = dev.upload(&runs.start)?;
     let rows_buf = if dense {
@@ -126,7 +103,7 @@ fn scatter_runs(
     // SAFETY: the argument list matches embedding_bwd_*; order holds N
     // positions < N, start U + 1 offsets into it, run ids < V (checked by the
     // caller), and dst holds V·H (dense) or U·H (sparse) f32.
-    unsafe { b.launch(cuda::cfg(runs.ids.len() as u32, block_size(hidden), 0)) }
+    unsafe { b.launch(cuda::cfg(runs.ids.len() as u32, cuda::row_block(hidden), 0)) }
         .map_err(cuda::launch_err(OP))?;
     Ok(())
 }

@@ -12,7 +12,7 @@
 use cudarc::driver::PushKernelArg;
 
 use crate::cuda::{self, modules};
-use crate::{DType, Result, Tensor, TensorError, cpu};
+use crate::{Result, Tensor, TensorError, cpu};
 
 const OP: &str = "clip_grad_norm";
 /// Threads per block; the kernels' shared arrays assume exactly this.
@@ -20,17 +20,6 @@ const BLOCK: u32 = 256;
 /// Most partial-sum blocks per tensor: enough to fill an H100, few enough to
 /// keep the final single-block sum short.
 const MAX_PARTIALS: usize = 512;
-
-fn dtype_name(t: &Tensor) -> Result<&'static str> {
-    match t.dtype() {
-        DType::F32 => Ok("f32"),
-        DType::BF16 => Ok("bf16"),
-        found => Err(TensorError::invalid(
-            OP,
-            format!("grad is {found}; the CUDA kernels take f32 or bf16"),
-        )),
-    }
-}
 
 /// Partial-sum blocks for a tensor of n elements (0 for an empty one).
 fn partial_blocks(n: usize) -> usize {
@@ -45,7 +34,7 @@ pub fn global_norm(grads: &[&Tensor]) -> Result<f64> {
     let dev = first.cuda_device(OP, "grad")?;
     let names = grads
         .iter()
-        .map(|g| dtype_name(g).map(|d| format!("sumsq_partials_{d}")))
+        .map(|g| cuda::kernel_dtype(OP, g, "grad").map(|d| format!("sumsq_partials_{d}")))
         .collect::<Result<Vec<_>>>()?;
     let total: usize = grads.iter().map(|g| partial_blocks(g.numel())).sum();
     if total == 0 {
@@ -87,7 +76,7 @@ pub fn global_norm(grads: &[&Tensor]) -> Result<f64> {
 /// Multiplies every element of every grad by `factor` in place.
 pub fn scale(grads: &mut [&mut Tensor], factor: f32) -> Result<()> {
     for g in grads.iter_mut() {
-        let name = format!("scale_{}", dtype_name(g)?);
+        let name = format!("scale_{}", cuda::kernel_dtype(OP, g, "grad")?);
         let n = g.numel();
         if n == 0 {
             continue;

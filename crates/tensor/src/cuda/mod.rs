@@ -42,7 +42,7 @@ use cudarc::driver::{
 pub use alloc::DeviceBuffer;
 pub use modules::Module;
 
-use crate::{Result, TensorError};
+use crate::{DType, Result, Tensor, TensorError};
 
 /// A CUDA device as the tensor core uses it.
 pub struct CudaDevice {
@@ -178,6 +178,32 @@ impl From<(u32, u32, u32)> for Grid {
     fn from(g: (u32, u32, u32)) -> Self {
         Grid(g)
     }
+}
+
+/// The kernel-name suffix for `t`'s dtype (`f32` or `bf16`, the dtypes the
+/// CUDA kernels are instantiated for); any other dtype is an error naming `what`.
+pub(crate) fn kernel_dtype(op: &'static str, t: &Tensor, what: &str) -> Result<&'static str> {
+    match t.dtype() {
+        DType::F32 => Ok("f32"),
+        DType::BF16 => Ok("bf16"),
+        found => Err(TensorError::invalid(
+            op,
+            format!("{what} is {found}; the CUDA kernels take f32 or bf16"),
+        )),
+    }
+}
+
+/// Threads for a block that strides over a row of `n` columns: a warp
+/// multiple covering `n`, at most 256, so short rows idle few threads.
+pub(crate) fn row_block(n: usize) -> u32 {
+    (n.div_ceil(32) * 32).clamp(32, 256) as u32
+}
+
+/// `v` as a kernel's i32 argument (sizes and counts below 2³¹).
+pub(crate) fn as_i32(op: &'static str, what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| {
+        TensorError::invalid(op, format!("{what} = {v} exceeds the kernels' i32 range"))
+    })
 }
 
 /// Blocks for a grid-stride loop over `n` elements with `block` threads:

@@ -10,34 +10,9 @@
 use cudarc::driver::PushKernelArg;
 
 use crate::cuda::{self, modules};
-use crate::{DType, Result, Tensor, TensorError, cpu};
+use crate::{Result, Tensor, cpu};
 
 const OP: &str = "pooling";
-/// Most threads per block; threads stride over the H columns.
-const MAX_BLOCK: usize = 256;
-
-/// The kernel-name part for a tensor's dtype: f32 or bf16, else an error naming `what`.
-fn dtype_name(t: &Tensor, what: &'static str) -> Result<&'static str> {
-    match t.dtype() {
-        DType::F32 => Ok("f32"),
-        DType::BF16 => Ok("bf16"),
-        found => Err(TensorError::invalid(
-            OP,
-            format!("{what} is {found}; the CUDA kernels take f32 or bf16"),
-        )),
-    }
-}
-
-/// A warp multiple covering `h`, at most [`MAX_BLOCK`].
-fn block_size(h: usize) -> u32 {
-    (h.div_ceil(32) * 32).clamp(32, MAX_BLOCK) as u32
-}
-
-fn as_i32(what: &str, v: usize) -> Result<i32> {
-    i32::try_from(v).map_err(|_| {
-        TensorError::invalid(OP, format!("{what} = {v} exceeds the kernels' i32 range"))
-    })
-}
 
 /// out [S, H] = per-set means of hidden [T, H] rows (F32 or BF16); the CSR is already validated.
 pub fn forward(
@@ -47,13 +22,13 @@ pub fn forward(
     indices: &[u32],
     sets: usize,
 ) -> Result<Tensor> {
-    let name = format!("pooling_fwd_{}", dtype_name(hidden, "hidden")?);
+    let name = format!("pooling_fwd_{}", cuda::kernel_dtype(OP, hidden, "hidden")?);
     let dev = hidden.cuda_device(OP, "hidden")?;
     let out = Tensor::empty(&[sets, h], hidden.dtype(), hidden.device())?;
     if sets == 0 || h == 0 {
         return Ok(out);
     }
-    let (grid, h_i) = (as_i32("S", sets)?, as_i32("H", h)?);
+    let (grid, h_i) = (cuda::as_i32(OP, "S", sets)?, cuda::as_i32(OP, "H", h)?);
     let off_buf = dev.upload(offsets)?;
     let idx_buf = dev.upload(indices)?;
     let (off_ptr, idx_ptr) = (off_buf.ptr(), idx_buf.ptr());
@@ -68,7 +43,8 @@ pub fn forward(
         .arg(&h_i);
     // SAFETY: the argument list matches pooling_fwd_*; offsets has S + 1
     // entries into indices, every index < T (validated), out holds S·H.
-    unsafe { b.launch(cuda::cfg(grid as u32, block_size(h), 0)) }.map_err(cuda::launch_err(OP))?;
+    unsafe { b.launch(cuda::cfg(grid as u32, cuda::row_block(h), 0)) }
+        .map_err(cuda::launch_err(OP))?;
     Ok(out)
 }
 
@@ -80,13 +56,16 @@ pub fn backward(
     indices: &[u32],
     num_tokens: usize,
 ) -> Result<Tensor> {
-    let name = format!("pooling_bwd_{}", dtype_name(dout, "dout")?);
+    let name = format!("pooling_bwd_{}", cuda::kernel_dtype(OP, dout, "dout")?);
     let dev = dout.cuda_device(OP, "dout")?;
     let dhidden = Tensor::empty(&[num_tokens, h], dout.dtype(), dout.device())?;
     if num_tokens == 0 || h == 0 {
         return Ok(dhidden);
     }
-    let (grid, h_i) = (as_i32("T", num_tokens)?, as_i32("H", h)?);
+    let (grid, h_i) = (
+        cuda::as_i32(OP, "T", num_tokens)?,
+        cuda::as_i32(OP, "H", h)?,
+    );
     let (row_start, row_sets) = cpu::pooling::transpose(offsets, indices, num_tokens);
     // row_start ends at nnz = indices.len() = offsets[S], a u32.
     let row_start: Vec<u32> = row_start.iter().map(|&r| r as u32).collect();
@@ -106,6 +85,7 @@ pub fn backward(
         .arg(&h_i);
     // SAFETY: the argument list matches pooling_bwd_*; row_start has T + 1
     // entries into row_sets, whose set ids are < S, and dhidden holds T·H.
-    unsafe { b.launch(cuda::cfg(grid as u32, block_size(h), 0)) }.map_err(cuda::launch_err(OP))?;
+    unsafe { b.launch(cuda::cfg(grid as u32, cuda::row_block(h), 0)) }
+        .map_err(cuda::launch_err(OP))?;
     Ok(dhidden)
 }

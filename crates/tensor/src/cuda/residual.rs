@@ -5,23 +5,11 @@
 use cudarc::driver::PushKernelArg;
 
 use crate::cuda::{self, modules};
-use crate::{DType, Result, Tensor, TensorError};
+use crate::{Result, Tensor};
 
 const OP: &str = "residual";
 /// Threads per block of the elementwise kernels.
 const BLOCK: u32 = 256;
-
-/// "f32" or "bf16" for `t`, else an error naming `what`.
-fn dtype_name(t: &Tensor, what: &'static str) -> Result<&'static str> {
-    match t.dtype() {
-        DType::F32 => Ok("f32"),
-        DType::BF16 => Ok("bf16"),
-        found => Err(TensorError::invalid(
-            OP,
-            format!("{what} is {found}; the CUDA kernels take f32 or bf16"),
-        )),
-    }
-}
 
 /// Launches `name` over n elements with the given pointer arguments.
 fn launch(t: &Tensor, name: &str, ptrs: &[u64], n: usize) -> Result<()> {
@@ -44,7 +32,7 @@ fn launch(t: &Tensor, name: &str, ptrs: &[u64], n: usize) -> Result<()> {
 
 /// a + b (same shape, dtype and device, checked by `ops::residual`).
 pub fn forward(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let t = dtype_name(a, "a")?;
+    let t = cuda::kernel_dtype(OP, a, "a")?;
     b.expect_dtype(OP, "b", a.dtype())?;
     let out = Tensor::empty(a.shape(), a.dtype(), a.device())?;
     let ptrs = [
@@ -58,7 +46,7 @@ pub fn forward(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// (dout, dout) as two fresh tensors.
 pub fn backward(dout: &Tensor) -> Result<(Tensor, Tensor)> {
-    let t = dtype_name(dout, "dout")?;
+    let t = cuda::kernel_dtype(OP, dout, "dout")?;
     let da = Tensor::empty(dout.shape(), dout.dtype(), dout.device())?;
     let db = Tensor::empty(dout.shape(), dout.dtype(), dout.device())?;
     let ptrs = [
@@ -74,8 +62,8 @@ pub fn backward(dout: &Tensor) -> Result<(Tensor, Tensor)> {
 pub fn add_into(acc: &mut Tensor, x: &Tensor) -> Result<()> {
     let name = format!(
         "residual_add_{}_{}",
-        dtype_name(acc, "acc")?,
-        dtype_name(x, "x")?
+        cuda::kernel_dtype(OP, acc, "acc")?,
+        cuda::kernel_dtype(OP, x, "x")?
     );
     let ptrs = [acc.cuda_ptr(OP, "acc")?, x.cuda_ptr(OP, "x")?];
     launch(x, &name, &ptrs, x.numel())

@@ -17,36 +17,11 @@ use crate::cuda::{self, CudaDevice, modules};
 use crate::{DType, Result, Tensor, TensorError};
 
 const OP: &str = "rmsnorm";
-/// Threads per block: one row per block, threads striding over its columns.
-const MAX_BLOCK: usize = 256;
 /// Backward blocks when a weight gradient is wanted (rows are grid-strided over them):
 /// enough to fill an H100 several times over, few enough that the scratch stays small.
 const DW_BLOCKS: usize = 528;
 /// The per-block column sums live in 48 KiB of shared memory (no opt-in needed).
 const MAX_DW_DIM: usize = 48 * 1024 / 4;
-
-/// The kernel-name part for a tensor's dtype: f32 or bf16, else an error naming `what`.
-fn dtype_name(t: &Tensor, what: &'static str) -> Result<&'static str> {
-    match t.dtype() {
-        DType::F32 => Ok("f32"),
-        DType::BF16 => Ok("bf16"),
-        found => Err(TensorError::invalid(
-            OP,
-            format!("{what} is {found}; the CUDA kernels take f32 or bf16"),
-        )),
-    }
-}
-
-/// A warp multiple covering `dim`, capped at [`MAX_BLOCK`], so short rows idle few threads.
-fn block_size(dim: usize) -> u32 {
-    (dim.div_ceil(32) * 32).clamp(32, MAX_BLOCK) as u32
-}
-
-fn as_i32(what: &str, v: usize) -> Result<i32> {
-    i32::try_from(v).map_err(|_| {
-        TensorError::invalid(OP, format!("{what} = {v} exceeds the kernels' i32 range"))
-    })
-}
 
 fn device(x: &Tensor) -> Result<Arc<CudaDevice>> {
     x.cuda_device(OP, "x")
@@ -62,8 +37,8 @@ pub fn forward(
 ) -> Result<(Tensor, Tensor)> {
     let name = format!(
         "rmsnorm_fwd_{}_w{}",
-        dtype_name(x, "x")?,
-        dtype_name(weight, "weight")?
+        cuda::kernel_dtype(OP, x, "x")?,
+        cuda::kernel_dtype(OP, weight, "weight")?
     );
     let dev = device(x)?;
     let y = Tensor::empty(x.shape(), x.dtype(), x.device())?;
@@ -71,7 +46,10 @@ pub fn forward(
     if rows == 0 || dim == 0 {
         return Ok((y, rstd));
     }
-    let (rows_i, dim_i) = (as_i32("rows", rows)?, as_i32("dim", dim)?);
+    let (rows_i, dim_i) = (
+        cuda::as_i32(OP, "rows", rows)?,
+        cuda::as_i32(OP, "dim", dim)?,
+    );
     let x_ptr = x.cuda_ptr(OP, "x")?;
     let w_ptr = weight.cuda_ptr(OP, "weight")?;
     let y_ptr = y.cuda_ptr(OP, "y")?;
@@ -86,7 +64,7 @@ pub fn forward(
         .arg(&dim_i)
         .arg(&eps);
     // SAFETY: x, y hold rows·dim elements of the kernel's X, weight dim of W, rstd rows f32.
-    unsafe { b.launch(cuda::cfg(rows as u32, block_size(dim), 0)) }
+    unsafe { b.launch(cuda::cfg(rows as u32, cuda::row_block(dim), 0)) }
         .map_err(cuda::launch_err(OP))?;
     Ok((y, rstd))
 }
@@ -101,12 +79,18 @@ pub fn backward(
     rows: usize,
     dim: usize,
 ) -> Result<Tensor> {
-    let xt = dtype_name(x, "x")?;
+    let xt = cuda::kernel_dtype(OP, x, "x")?;
     dy.expect_dtype(OP, "dy", x.dtype())?;
     rstd.expect_dtype(OP, "rstd", DType::F32)?;
-    let name = format!("rmsnorm_bwd_{xt}_w{}", dtype_name(weight, "weight")?);
+    let name = format!(
+        "rmsnorm_bwd_{xt}_w{}",
+        cuda::kernel_dtype(OP, weight, "weight")?
+    );
     let dw_name = match &dweight {
-        Some(dw) => Some(format!("rmsnorm_dweight_{}", dtype_name(dw, "dweight")?)),
+        Some(dw) => Some(format!(
+            "rmsnorm_dweight_{}",
+            cuda::kernel_dtype(OP, dw, "dweight")?
+        )),
         None => None,
     };
     if dweight.is_some() && dim > MAX_DW_DIM {
@@ -122,13 +106,16 @@ pub fn backward(
     if rows == 0 || dim == 0 {
         return Ok(dx);
     }
-    let (rows_i, dim_i) = (as_i32("rows", rows)?, as_i32("dim", dim)?);
+    let (rows_i, dim_i) = (
+        cuda::as_i32(OP, "rows", rows)?,
+        cuda::as_i32(OP, "dim", dim)?,
+    );
     let dy_ptr = dy.cuda_ptr(OP, "dy")?;
     let x_ptr = x.cuda_ptr(OP, "x")?;
     let w_ptr = weight.cuda_ptr(OP, "weight")?;
     let r_ptr = rstd.cuda_ptr(OP, "rstd")?;
     let dx_ptr = dx.cuda_ptr(OP, "dx")?;
-    let block = block_size(dim);
+    let block = cuda::row_block(dim);
     let (Some(dw), Some(dw_name)) = (dweight, dw_name) else {
         let f = dev.function(&modules::RMSNORM, &name)?;
         let null = 0u64;
@@ -147,7 +134,7 @@ pub fn backward(
         return Ok(dx);
     };
     let blocks = rows.min(DW_BLOCKS);
-    let blocks_i = as_i32("blocks", blocks)?;
+    let blocks_i = cuda::as_i32(OP, "blocks", blocks)?;
     // Every block stores its full row of column sums, so the scratch needs no zeroing.
     let partial = dev.alloc(blocks * dim * 4)?;
     let p_ptr = partial.ptr();

@@ -5,7 +5,7 @@
 use cudarc::driver::PushKernelArg;
 
 use crate::cuda::{self, modules};
-use crate::{DType, Result, Tensor, TensorError};
+use crate::{Result, Tensor};
 
 const OP: &str = "swiglu";
 /// Threads per block of the elementwise kernels.
@@ -13,16 +13,7 @@ const BLOCK: u32 = 256;
 
 /// "f32" or "bf16" for `first` (gate), else an error; every other tensor must share its dtype.
 fn dtype_name(first: &Tensor, others: &[(&Tensor, &'static str)]) -> Result<&'static str> {
-    let name = match first.dtype() {
-        DType::F32 => "f32",
-        DType::BF16 => "bf16",
-        found => {
-            return Err(TensorError::invalid(
-                OP,
-                format!("gate is {found}; the CUDA kernels take f32 or bf16"),
-            ));
-        }
-    };
+    let name = crate::cuda::kernel_dtype(OP, first, "gate")?;
     for (t, what) in others {
         t.expect_dtype(OP, what, first.dtype())?;
     }
