@@ -241,7 +241,7 @@ fn step(
 
     // ---- backward (parameter gradients accumulate into `grads`, zeroed first)
     let Some(grads) = grads else {
-        return Ok(loss.loss);
+        return Ok(loss.loss as f32);
     };
     for g in grads.iter_mut() {
         *g = Tensor::zeros(g.shape(), DType::F32, Device::Cpu);
@@ -310,7 +310,7 @@ fn step(
     tm.time("embedding", true, || {
         embedding::backward(&b.ids, &dx0, &mut grads[gi_embed])
     })?;
-    Ok(loss.loss)
+    Ok(loss.loss as f32)
 }
 
 /// Step length of the directional finite difference, in parameter-space L2 norm.

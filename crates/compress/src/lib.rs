@@ -1,1 +1,23 @@
-//! LLM2Comp compression pretext task (skeleton; filled in by the compression work).
+//! LLM2Comp's compression pretext task (METHOD.md, stage 1): a bidirectional
+//! LoRA encoder squeezes a text into k memory tokens from which the frozen
+//! causal LLM must predict — the text itself (`rc`), its continuation
+//! (`nll`), or its own next-token distributions over the continuation
+//! (`kl`). Gradients flow through the frozen decoder into the encoder.
+//!
+//! [`batch`] packs passages into the encoder / decoder / teacher batches,
+//! [`Compressor`] runs a step on one copy of the base weights, [`data`]
+//! tokenises and filters the corpus and draws each step's passages from the
+//! seed, and [`CompressionTask`] plugs all of it into `llm2comp-train`.
+
+pub mod batch;
+mod compressor;
+mod error;
+pub mod memory;
+mod objective;
+pub mod seeds;
+
+pub use batch::{PackedBatch, Sample, pack};
+pub use compressor::{CompressConfig, Compressor, StepStats};
+pub use error::{CompressError, Result};
+pub use memory::TrainEmbeddings;
+pub use objective::{Objective, SPLIT_MARGIN};

@@ -83,3 +83,69 @@ pub fn check_grad(
 pub fn dot(out: &[f64], w: &[f64]) -> f64 {
     out.iter().zip(w).map(|(a, b)| a * b).sum()
 }
+
+// Gradient checks of layers and whole models, which compute in f32 (the ops'
+// f64 kernels are not reachable through `Tensor`). Each probe is a
+// Richardson-extrapolated central difference, (4·D(h/2) − D(h))/3 with
+// D(h) = (f(x+h) − f(x−h))/2h and h = 1e-2: its truncation error is O(h⁴),
+// so strongly curved coordinates (deep compositions: an encoder feeding a
+// decoder) are judged fairly, where a plain central difference at 5e-3 is
+// off by a few percent. The loss Σ w·out is summed in f64 from f32 outputs,
+// so its rounding noise is ~1e-7·Σ|w·out|; divided by the steps that is
+// ≲1e-3 of a unit gradient. A tolerance of 1e-2 relative to the larger of
+// the two derivatives (floored at a tenth of the largest gradient entry, so
+// near-zero entries are judged on the gradient's scale) sits well above both
+// and well below the O(1) relative error a wrong formula makes.
+
+const F32_STEP: f32 = 1e-2;
+const F32_TOL: f64 = 1e-2;
+const F32_MAX_PROBES: usize = 48;
+
+/// Checks `analytic` = ∂f/∂x at `x` by extrapolated central differences on
+/// up to 48 coordinates spread over x (tolerance: see the comment above).
+/// Panics with the first mismatching coordinate: a test helper.
+#[track_caller]
+pub fn check_grad_f32(what: &str, f: impl FnMut(&[f32]) -> f64, x: &[f32], analytic: &[f32]) {
+    check_grad_f32_tol(what, f, x, analytic, F32_TOL)
+}
+
+/// [`check_grad_f32`] with relative tolerance `tol`, for deep compositions
+/// whose f32 rounding noise needs more room (the caller says why).
+#[track_caller]
+pub fn check_grad_f32_tol(
+    what: &str,
+    mut f: impl FnMut(&[f32]) -> f64,
+    x: &[f32],
+    analytic: &[f32],
+    tol: f64,
+) {
+    assert_eq!(x.len(), analytic.len(), "{what}: gradient length");
+    assert!(
+        analytic.iter().all(|g| g.is_finite()),
+        "{what}: non-finite gradient"
+    );
+    let gmax = analytic.iter().fold(0f64, |m, g| m.max(g.abs() as f64));
+    assert!(gmax > 0.0, "{what}: gradient is exactly zero");
+    let stride = (x.len() / F32_MAX_PROBES).max(1);
+    let mut xp = x.to_vec();
+    for i in (0..x.len()).step_by(stride) {
+        let mut central = |step: f32| {
+            xp[i] = x[i] + step;
+            let fp = f(&xp);
+            xp[i] = x[i] - step;
+            let fm = f(&xp);
+            xp[i] = x[i];
+            // The step actually taken in f32.
+            let h = ((x[i] + step) as f64 - (x[i] - step) as f64).max(f64::MIN_POSITIVE);
+            (fp - fm) / h
+        };
+        let (d1, d2) = (central(F32_STEP), central(F32_STEP / 2.0));
+        let fd = (4.0 * d2 - d1) / 3.0;
+        let an = analytic[i] as f64;
+        let scale = fd.abs().max(an.abs()).max(0.1 * gmax);
+        assert!(
+            (fd - an).abs() <= tol * scale,
+            "{what}: d/dx[{i}] finite difference {fd:.6e} vs analytic {an:.6e} (max |g| {gmax:.3e})"
+        );
+    }
+}

@@ -230,6 +230,14 @@ impl Transformer {
             .unwrap_or_else(|| self.embedding.table())
     }
 
+    /// The LM head as a shared handle: a frozen copy that stays the original
+    /// even when the embedding table is later trained (copy-on-write).
+    pub fn lm_head_shared(&self) -> Arc<Tensor> {
+        self.lm_head
+            .clone()
+            .unwrap_or_else(|| self.embedding.table().clone())
+    }
+
     /// Whether the LM head is the embedding table.
     pub fn is_tied(&self) -> bool {
         self.lm_head.is_none()

@@ -100,7 +100,7 @@ pub fn workspace_bytes(n: usize, dim: usize, vocab: usize, tiling: Tiling) -> us
 }
 
 /// Loss and both lse ([N] f32 each, 0 for rows of weight 0).
-pub fn forward(x: &KlArgs<'_>) -> Result<(f32, Tensor, Tensor)> {
+pub fn forward(x: &KlArgs<'_>) -> Result<(f64, Tensor, Tensor)> {
     let dev = x.student.cuda_device(OP, "student")?;
     let ab = dtype(x)?;
     let lse_t = Tensor::try_zeros(&[x.rows], DType::F32, x.student.device())?;

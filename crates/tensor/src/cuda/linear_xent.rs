@@ -406,10 +406,10 @@ pub(crate) fn logits(
 
 /// Sums the f32 per-row losses on the host in f64 (waits for the stream, so
 /// any asynchronous kernel error surfaces here).
-pub(crate) fn read_loss(dev: &CudaDevice, loss_rows: &DeviceBuffer, na: usize) -> Result<f32> {
+pub(crate) fn read_loss(dev: &CudaDevice, loss_rows: &DeviceBuffer, na: usize) -> Result<f64> {
     let mut host = vec![0f32; na];
     dev.copy_to_host(loss_rows, bytemuck::cast_slice_mut(&mut host))?;
-    Ok(host.iter().map(|&l| l as f64).sum::<f64>() as f32)
+    Ok(host.iter().map(|&l| l as f64).sum::<f64>())
 }
 
 /// The chunk and tile actually used: never larger than the rows / vocabulary.
@@ -493,7 +493,7 @@ pub fn workspace_bytes(n: usize, dim: usize, vocab: usize, tiling: Tiling) -> us
 }
 
 /// Loss and per-row lse ([N] f32, 0 for rows that do not contribute).
-pub fn forward(x: &XentArgs<'_>) -> Result<(f32, Tensor)> {
+pub fn forward(x: &XentArgs<'_>) -> Result<(f64, Tensor)> {
     let dev = x.hidden.cuda_device(OP, "hidden")?;
     let ab = operand_dtype(OP, (x.hidden, "hidden"), (x.weight, "weight"))?;
     check_i32(OP, "vocabulary", x.vocab)?;
@@ -650,7 +650,7 @@ pub fn backward(
 }
 
 /// Loss, lse and dL/d hidden (dloss = 1) in one sweep (frozen head).
-pub fn forward_backward(x: &XentArgs<'_>) -> Result<(f32, Tensor, Tensor)> {
+pub fn forward_backward(x: &XentArgs<'_>) -> Result<(f64, Tensor, Tensor)> {
     let dev = x.hidden.cuda_device(OP, "hidden")?;
     let ab = operand_dtype(OP, (x.hidden, "hidden"), (x.weight, "weight"))?;
     check_i32(OP, "vocabulary", x.vocab)?;

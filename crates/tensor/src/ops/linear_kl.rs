@@ -50,7 +50,7 @@ impl Default for LinearKlOptions {
 #[derive(Debug, Clone)]
 pub struct LinearKlOut {
     /// Σ_r c_r·KL(softmax(teacher_r·Wᵀ) ‖ softmax(student_r·Wᵀ)), c_r = row weight or 1/rows.
-    pub loss: f32,
+    pub loss: f64,
     /// Teacher log-sum-exp per row, [rows] (0 for rows of weight 0).
     pub lse_teacher: Tensor,
     /// Student log-sum-exp per row, [rows] (0 for rows of weight 0).
@@ -138,7 +138,7 @@ pub fn forward(
                 lse_student.f32s_mut(OP, "lse_student")?,
             );
             Ok(LinearKlOut {
-                loss: loss as f32,
+                loss,
                 lse_teacher,
                 lse_student,
             })

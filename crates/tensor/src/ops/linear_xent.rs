@@ -83,7 +83,7 @@ pub(crate) fn checked_tiling(
 #[derive(Debug, Clone)]
 pub struct LinearXentOut {
     /// Σ_r c_r·(−log softmax(h_r·Wᵀ)[target_r]), c_r = row weight or 1/(non-ignored rows).
-    pub loss: f32,
+    pub loss: f64,
     /// Per-row log-sum-exp of the logits, [rows] (0 where the row contributes nothing); backward's input.
     pub lse: Tensor,
 }
@@ -220,10 +220,7 @@ pub fn forward(
             let mut lse = Tensor::zeros(&[rows], hidden.dtype(), Device::Cpu);
             let x = cpu_inputs(hidden, weight, dim, targets, row_weights, opts)?;
             let loss = cpu::linear_xent::forward(&x, tiling, lse.f32s_mut(OP, "lse")?);
-            Ok(LinearXentOut {
-                loss: loss as f32,
-                lse,
-            })
+            Ok(LinearXentOut { loss, lse })
         }
         Device::Cuda(_) => {
             let x = cuda_args(
@@ -318,13 +315,7 @@ pub fn forward_backward(
                 lse.f32s_mut(OP, "lse")?,
                 dh.f32s_mut(OP, "dhidden")?,
             );
-            Ok((
-                LinearXentOut {
-                    loss: loss as f32,
-                    lse,
-                },
-                dh,
-            ))
+            Ok((LinearXentOut { loss, lse }, dh))
         }
         Device::Cuda(_) => {
             let x = cuda_args(
@@ -434,7 +425,7 @@ mod tests {
             vocab_tile: 2,
         };
         let out = forward(&h, &w, &[6, 1, 6, 0], None, &o).unwrap();
-        assert!((out.loss - 7f32.ln()).abs() < 1e-6, "{}", out.loss);
+        assert!((out.loss - 7f64.ln()).abs() < 1e-6, "{}", out.loss);
         assert_eq!(out.lse.shape(), &[4]);
         let e = err(forward(&h, &w, &[-100, 1, 6, 0], None, &o));
         assert!(e.contains("target -100 at position 0"), "{e}");

@@ -63,8 +63,8 @@ fn memory_check(name: &str, got: usize, bound: usize, n: usize, v: usize) {
     assert!(got <= bound, "{name}: {got} device bytes > bound {bound}");
 }
 
-fn scalar_check(name: &str, got: f32, want: f32, bound: f64) {
-    let e = ((got as f64 - want as f64) / want as f64).abs();
+fn scalar_check(name: &str, got: f64, want: f64, bound: f64) {
+    let e = ((got - want) / want).abs();
     say(format!(
         "{name}: rel err {e:.3e} (bound {bound:.0e}; {got} vs {want})"
     ));
