@@ -11,13 +11,17 @@
 
 pub mod batch;
 mod compressor;
+pub mod data;
 mod error;
 pub mod memory;
 mod objective;
 pub mod seeds;
+mod task;
 
 pub use batch::{PackedBatch, Sample, pack};
 pub use compressor::{CompressConfig, Compressor, StepStats};
+pub use data::{Corpus, CorpusStats, DataOptions};
 pub use error::{CompressError, Result};
 pub use memory::TrainEmbeddings;
 pub use objective::{Objective, SPLIT_MARGIN};
+pub use task::{CompressionTask, Exporter};
