@@ -163,6 +163,94 @@ impl ModelConfig {
     }
 }
 
+impl ModelConfig {
+    /// This config as a Hugging Face `config.json` object that
+    /// [`ModelConfig::from_json`] reads back to an equal config (what a merged
+    /// checkpoint ships). RoPE is written both ways, `rope_theta` /
+    /// `rope_scaling` for transformers 4 and `rope_parameters` for 5, with
+    /// the same values, so either version loads the same model. Errors on a
+    /// combination the format cannot express (a Llama with q/k/v biases but
+    /// no o_proj bias, biases on Mistral).
+    pub fn to_hf_json(&self) -> Result<Value> {
+        use serde_json::json;
+        let origin = Path::new("<config.json being written>");
+        let (class, model_type) = match self.architecture {
+            Architecture::Llama => ("LlamaForCausalLM", "llama"),
+            Architecture::Mistral => ("MistralForCausalLM", "mistral"),
+            Architecture::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
+        };
+        let b = self.attention_bias;
+        let bias_ok = match self.architecture {
+            Architecture::Llama => b.qkv == b.o,
+            Architecture::Mistral => !b.qkv && !b.o,
+            Architecture::Qwen2 => b.qkv && !b.o,
+        };
+        if !bias_ok {
+            return Err(unsupported(
+                origin,
+                format!(
+                    "{class} with attention biases q/k/v {} and o {} cannot be written as a \
+                     Hugging Face config",
+                    b.qkv, b.o
+                ),
+            ));
+        }
+        let scaling = self.rope.scaling.as_ref().map(|s| {
+            json!({
+                "rope_type": "llama3",
+                "factor": s.factor,
+                "low_freq_factor": s.low_freq_factor,
+                "high_freq_factor": s.high_freq_factor,
+                "original_max_position_embeddings": s.original_max_position_embeddings,
+            })
+        });
+        let mut params = scaling
+            .clone()
+            .unwrap_or_else(|| json!({"rope_type": "default"}));
+        params["rope_theta"] = json!(self.rope.theta);
+        let eos = match self.eos_token_ids.as_slice() {
+            [] => Value::Null,
+            [one] => json!(one),
+            many => json!(many),
+        };
+        let mut v = json!({
+            "architectures": [class],
+            "model_type": model_type,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "vocab_size": self.vocab_size,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope.theta,
+            "rope_scaling": scaling,
+            "rope_parameters": params,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "hidden_act": "silu",
+            "mlp_bias": false,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": eos,
+        });
+        match self.architecture {
+            Architecture::Llama => v["attention_bias"] = json!(b.o),
+            Architecture::Mistral => v["sliding_window"] = json!(self.sliding_window),
+            Architecture::Qwen2 => {
+                v["use_sliding_window"] = json!(false);
+                v["sliding_window"] = Value::Null;
+            }
+        }
+        if let Some(d) = &self.torch_dtype {
+            // `torch_dtype` for transformers 4, `dtype` for 5.
+            v["torch_dtype"] = json!(d);
+            v["dtype"] = json!(d);
+        }
+        Ok(v)
+    }
+}
+
 fn invalid(path: &Path, msg: impl Into<String>) -> BackboneError {
     BackboneError::Invalid {
         path: path.to_path_buf(),

@@ -6,12 +6,15 @@
 //! the tokenizer ([`Tokenizer`], from a `tokenizer.json` or a GGUF), the model
 //! layers with explicit forward and backward ([`layers`]), pooling of hidden
 //! states into sentence embeddings ([`pooling`]) and batched embedding
-//! ([`Embedder`]).
+//! ([`Embedder`]), LLM2Comp adapters on disk ([`adapter`]) and merged
+//! models written back as Hugging Face directories ([`export`]).
 
+pub mod adapter;
 mod config;
 mod dequant;
 pub mod embedder;
 mod error;
+pub mod export;
 mod gguf;
 mod gguf_config;
 mod gguf_tokenizer;
@@ -21,10 +24,12 @@ pub mod pooling;
 mod safetensors_files;
 mod tokenizer;
 
+pub use adapter::{AdapterMeta, LoraMeta, TrainEmbeddings, load_adapter, save_adapter};
 pub use config::{Architecture, AttentionBias, ModelConfig};
 pub use dequant::dequantize;
 pub use embedder::{EmbedOptions, Embedder};
 pub use error::{BackboneError, Result};
+pub use export::write_hf_dir;
 pub use gguf::{GgufFile, GgufTensorInfo, GgufValue, unpermute_qk_rows};
 pub use layers::Pass;
 pub use layers::lora::{Lora, LoraConfig, LoraGrads, LoraTarget};

@@ -290,3 +290,50 @@ fn model_type_stands_in_for_a_missing_architectures_list() {
     .unwrap();
     assert_eq!(c.architecture, Architecture::Llama);
 }
+
+/// `to_hf_json` writes back every field the loader reads: each real and
+/// golden config, and edits of them (Llama-3 scaling, attention biases, a
+/// sliding window, several EOS ids, no BOS, a dtype), reads back equal.
+#[test]
+fn to_hf_json_round_trips_through_from_json() {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden");
+    let mut configs: Vec<ModelConfig> = [
+        "smollm2-135m.json",
+        "llama-3.1-8b.json",
+        "qwen2-0.5b.json",
+        "mistral-7b-v0.1.json",
+    ]
+    .iter()
+    .map(|n| load(n))
+    .collect();
+    for arch in ["llama", "llama_tied", "qwen2", "mistral", "llama_bf16"] {
+        configs.push(ModelConfig::from_file(golden.join(arch).join("config.json")).unwrap());
+    }
+    let mut edited = load("smollm2-135m.json");
+    edited.attention_bias = AttentionBias { qkv: true, o: true };
+    edited.eos_token_ids = vec![2, 7, 9];
+    edited.bos_token_id = None;
+    edited.torch_dtype = None;
+    edited.rms_norm_eps = 1.234_567_890_123e-6;
+    configs.push(edited);
+    let mut seen_scaling = false;
+    for c in configs {
+        seen_scaling |= c.rope.scaling.is_some();
+        let text = c.to_hf_json().unwrap().to_string();
+        let back = ModelConfig::from_json(&text, Path::new("x/config.json"))
+            .unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(back, c, "{text}");
+    }
+    assert!(seen_scaling, "a Llama-3 rope_scaling config is covered");
+    // A Llama with q/k/v biases but none on o_proj has no Hugging Face spelling.
+    let mut odd = load("smollm2-135m.json");
+    odd.attention_bias = AttentionBias {
+        qkv: true,
+        o: false,
+    };
+    let e = odd.to_hf_json().unwrap_err().to_string();
+    assert!(
+        e.contains("unsupported") && e.contains("LlamaForCausalLM"),
+        "{e}"
+    );
+}

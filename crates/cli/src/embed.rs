@@ -1,12 +1,19 @@
 //! `llm2comp embed`: texts in, one vector per text out.
+//!
+//! With an LLM2Comp adapter (`--adapter`) or a merged model (a directory with
+//! an `llm2comp.json`), each text becomes `[BOS] text <mem_0> .. <mem_k-1>`,
+//! the text truncated so the whole fits `--max-length`, and the embedding is
+//! the mean of the k memory positions under bidirectional attention: what the
+//! compression encoder was trained to do. The adapter's LoRA runs as a side
+//! path on the CPU; for a GPU it is merged into the weights before the copy
+//! (LoRA side paths do not run on CUDA).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use llm2comp_backbone::model;
-use llm2comp_backbone::{EmbedOptions, Embedder, Pooling};
+use llm2comp_backbone::{AdapterMeta, EmbedOptions, Embedder, Pooling, adapter, model};
 use llm2comp_tensor::{DType, Device};
 
 use crate::npy::{output_format, write_embeddings};
@@ -62,12 +69,18 @@ pub struct Args {
     /// Drop empty passages instead of refusing the input.
     #[arg(long)]
     pub skip_empty: bool,
-    /// Pooling of the hidden states.
-    #[arg(long, value_enum, default_value_t = PoolingArg::Mean)]
-    pub pooling: PoolingArg,
-    /// Attention mask.
-    #[arg(long, value_enum, default_value_t = AttentionArg::Causal)]
-    pub attention: AttentionArg,
+    /// An LLM2Comp adapter directory to apply to --model (default pooling
+    /// memory, attention bidirectional).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Pooling of the hidden states (default: memory with an adapter or a
+    /// merged model, else mean).
+    #[arg(long, value_enum)]
+    pub pooling: Option<PoolingArg>,
+    /// Attention mask (default: bidirectional with an adapter or a merged
+    /// model, else causal).
+    #[arg(long, value_enum)]
+    pub attention: Option<AttentionArg>,
     /// Longest passage in tokens; longer ones are truncated (and counted).
     #[arg(long, default_value_t = 512)]
     pub max_length: usize,
@@ -104,20 +117,91 @@ pub fn run(args: &Args) -> Result<()> {
     };
     // Before reading any file: a missing driver or device is the first thing to say.
     device.check()?;
-    let pooling = match args.pooling {
-        PoolingArg::Mean => Pooling::Mean,
-        PoolingArg::Last => Pooling::LastToken,
-        PoolingArg::Memory => bail!(
-            "--pooling memory needs an LLM2Comp adapter with memory tokens (written by \
-             `llm2comp pretrain`); a base model has none: use mean or last"
-        ),
-    };
+    let merged = adapter::merged_meta(&args.model)?;
+    if merged.is_some() && args.adapter.is_some() {
+        bail!(
+            "{} is a merged LLM2Comp model (it has an llm2comp.json): its adapter is already \
+             applied, drop --adapter",
+            args.model.display()
+        );
+    }
+    let has_memory = merged.is_some() || args.adapter.is_some();
+    let pooling_arg = args.pooling.unwrap_or(if has_memory {
+        PoolingArg::Memory
+    } else {
+        PoolingArg::Mean
+    });
+    let attention = args.attention.unwrap_or(if has_memory {
+        AttentionArg::Bidirectional
+    } else {
+        AttentionArg::Causal
+    });
+    if pooling_arg == PoolingArg::Memory && !has_memory {
+        bail!(
+            "--pooling memory needs an LLM2Comp adapter with memory tokens (--adapter DIR, or a \
+             merged model directory with an llm2comp.json); a base model has none: use mean or \
+             last"
+        );
+    }
     let input = texts::read(&args.input, args.format, &args.text_field, args.skip_empty)?;
     let start = Instant::now();
     let tokenizer = model::load_tokenizer(&args.model)
         .with_context(|| format!("loading the tokenizer of {}", args.model.display()))?;
     let mut transformer = model::load_transformer(&args.model)
         .with_context(|| format!("loading {}", args.model.display()))?;
+    let mut lora = false;
+    let meta: Option<AdapterMeta> = match &args.adapter {
+        Some(dir) => {
+            let meta = llm2comp_backbone::load_adapter(dir, &mut transformer)
+                .with_context(|| format!("loading the adapter {}", dir.display()))?;
+            if device == Device::Cpu {
+                lora = true;
+            } else {
+                // LoRA side paths run on the CPU only; merged weights are the same model.
+                transformer.merge_lora().context("merging the adapter")?;
+            }
+            Some(meta)
+        }
+        None => merged,
+    };
+    if let Some(m) = meta.as_ref().filter(|m| m.merged) {
+        let v = transformer.config().vocab_size;
+        if v != m.vocab_size + m.memory_tokens {
+            bail!(
+                "{}: llm2comp.json says {} base ids + {} memory tokens, but the model has {v} \
+                 ids",
+                args.model.display(),
+                m.vocab_size,
+                m.memory_tokens
+            );
+        }
+    }
+    let memory: Option<&[u32]> = match pooling_arg {
+        PoolingArg::Memory => meta.as_ref().map(|m| m.memory_token_ids.as_slice()),
+        _ => None,
+    };
+    let pooling = match pooling_arg {
+        PoolingArg::Mean => Pooling::Mean,
+        PoolingArg::Last => Pooling::LastToken,
+        PoolingArg::Memory => Pooling::LastK(memory.map_or(0, <[u32]>::len)),
+    };
+    // [BOS] text <mem>: the text gets what --max-length leaves.
+    let prefix: Vec<u32> = match memory {
+        Some(_) => tokenizer.bos_id().into_iter().collect(),
+        None => Vec::new(),
+    };
+    let suffix = memory.unwrap_or_default();
+    let text_max = args
+        .max_length
+        .checked_sub(prefix.len() + suffix.len())
+        .filter(|&n| n > 0)
+        .with_context(|| {
+            format!(
+                "--max-length {} leaves no room for text after the {} memory token(s) and BOS",
+                args.max_length,
+                suffix.len()
+            )
+        })?;
     if device != Device::Cpu {
         // The host copy is dropped at once: one copy of the weights, on the device.
         transformer = transformer
@@ -143,9 +227,12 @@ pub fn run(args: &Args) -> Result<()> {
                 args.input
             );
         }
-        if ids.len() > args.max_length {
-            ids.truncate(args.max_length);
+        if ids.len() > text_max {
+            ids.truncate(text_max);
             truncated += 1;
+        }
+        if memory.is_some() {
+            ids = [prefix.as_slice(), &ids, suffix].concat();
         }
         seqs.push(ids);
     }
@@ -153,8 +240,8 @@ pub fn run(args: &Args) -> Result<()> {
 
     let opts = EmbedOptions {
         pooling,
-        causal: args.attention == AttentionArg::Causal,
-        lora: false,
+        causal: attention == AttentionArg::Causal,
+        lora,
         normalize: args.normalize,
         token_budget: args.max_batch_tokens,
         batch_size: args.batch_size,

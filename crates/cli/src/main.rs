@@ -3,6 +3,7 @@
 
 mod embed;
 mod info;
+mod merge;
 mod npy;
 mod selftest;
 mod texts;
@@ -42,6 +43,9 @@ enum Command {
     Info(info::Args),
     /// Embed passages (one a line, or JSONL) into a .npy or .jsonl file.
     Embed(embed::Args),
+    /// Fold an LLM2Comp adapter into its base model and write a Hugging Face
+    /// directory (memory tokens added to the vocabulary and the tokenizer).
+    Merge(merge::Args),
 }
 
 fn main() -> Result<()> {
@@ -51,6 +55,7 @@ fn main() -> Result<()> {
         Command::Selftest(args) => selftest::run(&args, threads),
         Command::Info(args) => info::run(&args),
         Command::Embed(args) => embed::run(&args),
+        Command::Merge(args) => merge::run(&args),
     };
     match result {
         Err(e) if broken_pipe(&e) => Ok(()),
