@@ -46,6 +46,36 @@ pub enum TrainEmbeddings {
     All,
 }
 
+impl TrainEmbeddings {
+    /// The name used on the command line and in `llm2comp.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::All => "all",
+        }
+    }
+}
+
+impl std::fmt::Display for TrainEmbeddings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for TrainEmbeddings {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "memory" => Ok(Self::Memory),
+            "all" => Ok(Self::All),
+            _ => Err(format!(
+                "unknown embedding choice {s:?}: expected memory or all"
+            )),
+        }
+    }
+}
+
 /// The LoRA settings, as `llm2comp.json` records them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoraMeta {
@@ -440,9 +470,12 @@ pub fn save_adapter(dir: &Path, model: &Transformer, meta: &AdapterMeta) -> Resu
     }
     std::fs::create_dir_all(dir).map_err(io(dir))?;
 
+    // CAUSAL_LM: PEFT then wraps a *ForCausalLM, whose state-dict keys are
+    // exactly ours (`base_model.model.model.layers...`); FEATURE_EXTRACTION
+    // would wrap the bare model and expect `base_model.model.layers...`.
     let peft = serde_json::json!({
         "peft_type": "LORA",
-        "task_type": "FEATURE_EXTRACTION",
+        "task_type": "CAUSAL_LM",
         "base_model_name_or_path": meta.base_model,
         "r": meta.lora.r,
         "lora_alpha": short(meta.lora.alpha),

@@ -165,7 +165,7 @@ fn adapter_files_use_peft_names_and_schema_exactly() {
         serde_json::from_str(&std::fs::read_to_string(dir.join(PEFT_CONFIG_FILE)).unwrap())
             .unwrap();
     let want_cfg = serde_json::json!({
-        "peft_type": "LORA", "task_type": "FEATURE_EXTRACTION",
+        "peft_type": "LORA", "task_type": "CAUSAL_LM",
         "base_model_name_or_path": "tiny/base", "r": 4, "lora_alpha": 8.0,
         "lora_dropout": 0.05, "bias": "none", "fan_in_fan_out": false,
         "inference_mode": true, "modules_to_save": null,

@@ -1,10 +1,13 @@
 //! The `llm2comp` command line. Library crates return typed errors; this edge
 //! turns them into `anyhow` messages with context for the user.
 
+mod adapter_export;
 mod embed;
 mod info;
 mod merge;
 mod npy;
+mod pretrain;
+mod rss;
 mod selftest;
 mod texts;
 
@@ -46,6 +49,9 @@ enum Command {
     /// Fold an LLM2Comp adapter into its base model and write a Hugging Face
     /// directory (memory tokens added to the vocabulary and the tokenizer).
     Merge(merge::Args),
+    /// Train the compression pretext task (LLM2Comp stage 1): LoRA adapters
+    /// and k memory tokens from which the frozen model must predict the text.
+    Pretrain(Box<pretrain::Args>),
 }
 
 fn main() -> Result<()> {
@@ -56,6 +62,7 @@ fn main() -> Result<()> {
         Command::Info(args) => info::run(&args),
         Command::Embed(args) => embed::run(&args),
         Command::Merge(args) => merge::run(&args),
+        Command::Pretrain(args) => pretrain::run(&args, threads),
     };
     match result {
         Err(e) if broken_pipe(&e) => Ok(()),

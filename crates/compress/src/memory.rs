@@ -7,9 +7,6 @@
 //! distribution for the first norm), and the noise keeps the k rows distinct
 //! so they can specialise. The noise is counter-based from the run seed.
 
-use std::fmt;
-use std::str::FromStr;
-
 use llm2comp_tensor::Tensor;
 
 use crate::seeds::{self, Stream};
@@ -18,46 +15,10 @@ use crate::{CompressError, Result};
 /// Relative scale of the initial noise (× each coordinate's standard deviation).
 pub const INIT_NOISE: f64 = 0.1;
 
-/// Which embedding rows the encoder trains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TrainEmbeddings {
-    /// Only the k memory rows (the default: the text rows stay the base model's).
-    #[default]
-    Memory,
-    /// The encoder's whole input-embedding matrix plus the memory rows, as the
-    /// authors' code does; the decoder and teacher keep the original rows.
-    All,
-}
-
-impl TrainEmbeddings {
-    /// The name used on the command line and in files.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Memory => "memory",
-            Self::All => "all",
-        }
-    }
-}
-
-impl fmt::Display for TrainEmbeddings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for TrainEmbeddings {
-    type Err = CompressError;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "memory" => Ok(Self::Memory),
-            "all" => Ok(Self::All),
-            _ => Err(CompressError::Config(format!(
-                "unknown --train-embeddings {s:?}: expected memory or all"
-            ))),
-        }
-    }
-}
+/// Which embedding rows the encoder trains (`memory`: the k new rows only,
+/// the default; `all`: also the encoder's copy of the whole table, as the
+/// authors' code does — the decoder and teacher keep the original rows).
+pub use llm2comp_backbone::adapter::TrainEmbeddings;
 
 /// k initial memory rows [k, H] for the embedding `table` [V, H] (f32, host).
 pub fn init_rows(table: &Tensor, k: usize, seed: u64) -> Result<Tensor> {

@@ -27,6 +27,7 @@ pub struct CompressionTask {
     /// Extra settings recorded in checkpoints (model path, data file, ...).
     info: Map<String, Value>,
     exporter: Option<Exporter>,
+    batch_log: Option<(std::path::PathBuf, std::io::BufWriter<std::fs::File>)>,
 }
 
 impl std::fmt::Debug for CompressionTask {
@@ -59,6 +60,7 @@ impl CompressionTask {
             grad_accum,
             info: Map::new(),
             exporter: None,
+            batch_log: None,
         }
     }
 
@@ -73,6 +75,15 @@ impl CompressionTask {
     pub fn with_exporter(mut self, exporter: Exporter) -> Self {
         self.exporter = Some(exporter);
         self
+    }
+
+    /// Appends every micro-batch's passages (ids and split) to `path` as a
+    /// JSON line, so another implementation can replay exactly the same
+    /// batches (the PyTorch reference step of `scripts/bench-pretrain.sh`).
+    pub fn with_batch_log(mut self, path: &Path) -> Result<Self, TrainError> {
+        let f = std::fs::File::create(path).map_err(|e| TrainError::io("create", path, e))?;
+        self.batch_log = Some((path.to_path_buf(), std::io::BufWriter::new(f)));
+        Ok(self)
     }
 
     /// The compressor.
@@ -128,6 +139,23 @@ impl Task for CompressionTask {
             self.comp.base_vocab(),
         )
         .map_err(TrainError::task)?;
+        if let Some((path, w)) = self.batch_log.as_mut() {
+            use std::io::Write as _;
+            let line = json!({
+                "step": step,
+                "micro": micro,
+                "bos": self.comp.bos(),
+                "k": k,
+                "objective": objective.name(),
+                "passages": samples
+                    .iter()
+                    .map(|s| json!({ "ids": s.ids, "split": s.split }))
+                    .collect::<Vec<_>>(),
+            });
+            writeln!(w, "{line}")
+                .and_then(|()| w.flush())
+                .map_err(|e| TrainError::io("write", path.clone(), e))?;
+        }
         let dropout = seeds::derive(self.seed, Stream::Dropout, step, micro as u64);
         let s = self
             .comp
