@@ -205,6 +205,8 @@ def main():
     src.add_argument("--model")
     inp = ap.add_mutually_exclusive_group(required=True)
     inp.add_argument("--batch")
+    inp.add_argument("--batches", help="JSONL, one batch a line (llm2comp pretrain --dump-batches); "
+                     "step i replays line i (cycling), so both sides run identical batches")
     inp.add_argument("--data")
     ap.add_argument("--passages", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=128)
@@ -230,7 +232,12 @@ def main():
     t0 = time.perf_counter()
     base, tok = load(args, dtype)
     vocab = base.config.vocab_size
-    if args.batch:
+    batches = None
+    if args.batches:
+        with open(args.batches) as f:
+            batches = [json.loads(line) for line in f if line.strip()]
+        batch = batches[0]
+    elif args.batch:
         with open(args.batch) as f:
             batch = json.load(f)
     else:
@@ -262,11 +269,12 @@ def main():
     params = [p for p in enc.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-5)
-    step = Step(batch, args.objective, vocab, pad, args.lean_encoder)
+    steps = [Step(b, args.objective, vocab, pad, args.lean_encoder) for b in (batches or [batch])]
     load_s = time.perf_counter() - t0
 
-    times, losses = [], []
+    times, losses, text_tokens, forward_tokens = [], [], [], []
     for i in range(args.warmup + args.steps):
+        step = steps[i % len(steps)]
         t = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss = step.loss(enc, dec)
@@ -277,6 +285,8 @@ def main():
         losses.append(loss.item())
         if i >= args.warmup:
             times.append(dt)
+            text_tokens.append(step.text_tokens)
+            forward_tokens.append(step.forward_tokens)
         print(f"step {i} ({'warm-up' if i < args.warmup else 'timed'}): {dt:.3f} s, loss {loss.item():.6f}",
               flush=True)
 
@@ -299,11 +309,11 @@ def main():
         "median_step_seconds": med,
         "mean_step_seconds": statistics.mean(times),
         "steps_per_second": 1.0 / med,
-        "text_tokens": step.text_tokens,
-        "forward_tokens": step.forward_tokens,
+        "text_tokens": sum(text_tokens),
+        "forward_tokens": sum(forward_tokens),
         "padded_forward_tokens": step.padded_forward_tokens,
-        "text_tokens_per_second": step.text_tokens / med,
-        "forward_tokens_per_second": step.forward_tokens / med,
+        "text_tokens_per_second": sum(text_tokens) / sum(times),
+        "forward_tokens_per_second": sum(forward_tokens) / sum(times),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "losses": losses,
     }

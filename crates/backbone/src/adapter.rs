@@ -82,8 +82,10 @@ pub struct LoraMeta {
     /// Rank.
     pub r: usize,
     /// alpha (scale alpha / r).
+    #[serde(serialize_with = "shortest_f32")]
     pub alpha: f32,
     /// Dropout used in training.
+    #[serde(serialize_with = "shortest_f32")]
     pub dropout: f32,
     /// PEFT module names (`q_proj`, ...).
     pub targets: Vec<String>,
@@ -439,6 +441,11 @@ fn check_model_lora(model: &Transformer, meta: &AdapterMeta, origin: &Path) -> R
 /// An f32 as the f64 of its shortest decimal (0.05, not 0.05000000074505806).
 fn short(x: f32) -> f64 {
     x.to_string().parse().unwrap_or(x as f64)
+}
+
+/// Writes an f32 as its shortest decimal (0.05, not 0.05000000074505806).
+fn shortest_f32<S: serde::Serializer>(x: &f32, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64(short(*x))
 }
 
 /// Writes `model`'s adapter (LoRA, memory rows, and the embedding table when
