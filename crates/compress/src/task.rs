@@ -28,6 +28,8 @@ pub struct CompressionTask {
     info: Map<String, Value>,
     exporter: Option<Exporter>,
     batch_log: Option<(std::path::PathBuf, std::io::BufWriter<std::fs::File>)>,
+    /// Steps whose micro-batches have been drawn (the data position).
+    steps_drawn: u64,
 }
 
 impl std::fmt::Debug for CompressionTask {
@@ -61,6 +63,7 @@ impl CompressionTask {
             info: Map::new(),
             exporter: None,
             batch_log: None,
+            steps_drawn: 0,
         }
     }
 
@@ -156,6 +159,7 @@ impl Task for CompressionTask {
                 .and_then(|()| w.flush())
                 .map_err(|e| TrainError::io("write", path.clone(), e))?;
         }
+        self.steps_drawn = step + 1;
         let dropout = seeds::derive(self.seed, Stream::Dropout, step, micro as u64);
         let s = self
             .comp
@@ -200,6 +204,35 @@ impl Task for CompressionTask {
             m.extend(self.info.clone());
         }
         v
+    }
+
+    /// The data position and the random state, for the record: both are
+    /// functions of (seed, step) — every draw is counter-based — so a resume
+    /// needs only the step, and restoring checks the seed agrees.
+    fn task_state(&self) -> Value {
+        let samples = self.steps_drawn * (self.grad_accum * self.batch_size) as u64;
+        let n = self.corpus.len().max(1) as u64;
+        json!({
+            "samples_drawn": samples,
+            "epoch": samples / n,
+            "position_in_epoch": samples % n,
+            "rng": { "kind": "counter-based (seed, step, micro)", "seed": self.seed },
+        })
+    }
+
+    fn restore_task_state(&mut self, state: &Value) -> Result<(), TrainError> {
+        let seed = state["rng"]["seed"].as_u64();
+        if seed.is_some_and(|s| s != self.seed) {
+            return Err(TrainError::Config(format!(
+                "the checkpoint's data order and random draws come from seed {}, this run's \
+                 --seed is {}",
+                seed.unwrap_or_default(),
+                self.seed
+            )));
+        }
+        let per_step = (self.grad_accum * self.batch_size) as u64;
+        self.steps_drawn = state["samples_drawn"].as_u64().unwrap_or(0) / per_step.max(1);
+        Ok(())
     }
 
     fn export(&mut self, dir: &Path) -> Result<(), TrainError> {
