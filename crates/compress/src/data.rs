@@ -253,4 +253,39 @@ mod tests {
                 .collect::<Vec<_>>()[..]
         );
     }
+
+    #[test]
+    fn build_filters_truncates_and_counts() {
+        let tok = Tokenizer::from_file(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../backbone/tests/fixtures/tiny-embed/tokenizer.json"),
+        )
+        .unwrap();
+        let words = |n: usize| vec!["sun"; n].join(" ");
+        // 25 words (≥ 20 chars), 5 words (too few tokens for kl), a 200-word
+        // passage (over --max-tokens 100), a 60-word one (cut to fit 40).
+        let texts = vec![words(25), words(5), words(200), words(60), "x".into()];
+        let opts = DataOptions {
+            min_chars: 10,
+            max_tokens: Some(100),
+            max_length: 40,
+        };
+        let c = Corpus::build("t.txt", &texts, &tok, Objective::Kl, 3, &opts).unwrap();
+        let st = c.stats();
+        assert_eq!((st.read, st.kept), (5, 2));
+        assert_eq!(
+            (st.too_short_chars, st.too_few_tokens, st.too_many_tokens),
+            (1, 1, 1)
+        );
+        assert_eq!(st.truncated, 1);
+        // 40 = BOS + 36 text tokens + 3 memory tokens.
+        assert_eq!(c.passage(1).len(), 36);
+        assert_eq!(st.tokens, 25 + 36);
+        let err = Corpus::build("t.txt", &texts[1..2], &tok, Objective::Kl, 3, &opts).unwrap_err();
+        assert!(
+            err.to_string().contains("t.txt") && err.to_string().contains("no passage left"),
+            "{err}"
+        );
+        assert!(Corpus::build("t.txt", &texts, &tok, Objective::Kl, 30, &opts).is_err());
+    }
 }
