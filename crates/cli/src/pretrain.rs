@@ -258,6 +258,13 @@ pub fn run(args: &Args, threads: usize) -> Result<()> {
         task = task.with_batch_log(p)?;
     }
     let warmup = args.warmup;
+    if warmup >= steps {
+        eprintln!(
+            "note: --warmup {warmup} >= {steps} steps: the learning rate never reaches --lr {} \
+             (pass a smaller --warmup)",
+            args.lr
+        );
+    }
     let schedule = Schedule {
         lr: args.lr,
         warmup_steps: warmup,
