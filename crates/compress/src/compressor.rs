@@ -302,18 +302,8 @@ impl Compressor {
         let (loss, dstudent) = match &f.teacher {
             Some(t) => {
                 let o = LinearKlOptions::for_device(dev);
-                let out = linear_kl::forward(t, &f.student, &self.head, Some(&weights), &o)?;
-                let ds = linear_kl::backward(
-                    1.0,
-                    t,
-                    &f.student,
-                    &self.head,
-                    Some(&weights),
-                    &out.lse_teacher,
-                    &out.lse_student,
-                    None,
-                    &o,
-                )?;
+                let (out, ds) =
+                    linear_kl::forward_backward(t, &f.student, &self.head, Some(&weights), &o)?;
                 (out.loss, ds)
             }
             None => {

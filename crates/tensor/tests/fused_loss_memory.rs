@@ -99,7 +99,7 @@ fn opts() -> (LinearXentOptions, LinearKlOptions) {
 /// Peak heap growth minus outputs for CE and for KL forward + backward (with a
 /// trained head, so dW is accumulated into a caller-owned buffer), and for the
 /// one-sweep CE `forward_backward` (frozen head).
-fn measure(v: usize) -> (usize, usize, usize) {
+fn measure(v: usize) -> (usize, usize, usize, usize) {
     let (xo, ko) = opts();
     let mut r = rng(v as u64);
     let t = |data: Vec<f32>, shape: &[usize]| Tensor::from_vec(data, shape).unwrap();
@@ -154,7 +154,18 @@ fn measure(v: usize) -> (usize, usize, usize) {
     );
     let outputs =
         fwd.lse_teacher.size_in_bytes() + fwd.lse_student.size_in_bytes() + ds.size_in_bytes();
-    (xent, kl_peak - outputs, one_pass)
+    drop((fwd, ds));
+
+    let ((fwd, ds), kl1_peak) =
+        peak_during(|| linear_kl::forward_backward(&h, &hs, &w, None, &ko).unwrap());
+    assert!(
+        fwd.loss.is_finite() && fwd.loss > 0.0,
+        "one-pass kl loss {}",
+        fwd.loss
+    );
+    assert_eq!(ds.shape(), hs.shape());
+    let kl_one_pass = kl1_peak - outputs;
+    (xent, kl_peak - outputs, one_pass, kl_one_pass)
 }
 
 fn warm_up() {
@@ -176,17 +187,19 @@ fn fused_losses_never_hold_the_logits() {
     warm_up();
     let (xo, ko) = opts();
     let logits = N * V * 4;
-    let (xent, kl, one_pass) = measure(V);
+    let (xent, kl, one_pass, kl_one_pass) = measure(V);
     let xent_ws = linear_xent::workspace_bytes(Device::Cpu, N, H, V, &xo);
     let kl_ws = linear_kl::workspace_bytes(Device::Cpu, N, H, V, &ko);
     println!(
         "V={V}: xent extra {xent} B (workspace_bytes {xent_ws}), one-pass xent extra \
-         {one_pass} B, kl extra {kl} B (workspace_bytes {kl_ws}); full logits would be {logits} B"
+         {one_pass} B, kl extra {kl} B (workspace_bytes {kl_ws}), one-pass kl extra \
+         {kl_one_pass} B; full logits would be {logits} B"
     );
     for (what, got, ws) in [
         ("xent", xent, xent_ws),
         ("xent forward_backward", one_pass, xent_ws),
         ("kl", kl, kl_ws),
+        ("kl forward_backward", kl_one_pass, kl_ws),
     ] {
         assert!(
             got <= ws + SLACK && ws < logits / 20,
@@ -196,15 +209,16 @@ fn fused_losses_never_hold_the_logits() {
     }
 
     // Doubling the vocabulary must not raise the peak: the tile, not V, sets it.
-    let (xent2, kl2, one_pass2) = measure(2 * V);
+    let (xent2, kl2, one_pass2, kl_one_pass2) = measure(2 * V);
     println!(
         "V={}: xent extra {xent2} B, one-pass xent extra {one_pass2} B, kl extra {kl2} B",
         2 * V
     );
     let allowance = 64 << 10;
     assert!(
-        one_pass2 <= one_pass + allowance,
-        "doubling V raised the one-pass peak: {one_pass} -> {one_pass2} B"
+        one_pass2 <= one_pass + allowance && kl_one_pass2 <= kl_one_pass + allowance,
+        "doubling V raised a one-pass peak: xent {one_pass} -> {one_pass2} B, kl {kl_one_pass} \
+         -> {kl_one_pass2} B"
     );
     assert!(
         xent2 <= xent + allowance && kl2 <= kl + allowance,
