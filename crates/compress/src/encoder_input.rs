@@ -26,6 +26,14 @@ pub fn push_encoder_input(
     first_memory
 }
 
+/// One unpacked encoder sequence `[BOS] text memory` (embedding, which
+/// packs its own batches).
+pub fn encoder_sequence(bos: u32, text: &[u32], memory: &[u32]) -> Vec<u32> {
+    let (mut ids, mut cu) = (Vec::with_capacity(text.len() + memory.len() + 1), vec![0]);
+    push_encoder_input(&mut ids, &mut cu, bos, text, memory);
+    ids
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -39,5 +47,6 @@ mod tests {
         assert_eq!(push_encoder_input(&mut ids, &mut cu, 1, &[9], &mem), 7);
         assert_eq!(ids, [1, 7, 8, 50, 51, 1, 9, 50, 51]);
         assert_eq!(cu, [0, 5, 9]);
+        assert_eq!(encoder_sequence(1, &[9], &mem), [1, 9, 50, 51]);
     }
 }
