@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use llm2comp_backbone::{AdapterMeta, EmbedOptions, Embedder, Pooling, adapter, model};
+use llm2comp_compress::encoder_input::encoder_sequence;
 use llm2comp_tensor::{DType, Device};
 
 use crate::npy::{output_format, write_embeddings};
@@ -186,10 +187,10 @@ pub fn run(args: &Args) -> Result<()> {
         PoolingArg::Memory => Pooling::LastK(memory.map_or(0, <[u32]>::len)),
     };
     // [BOS] text <mem>: the text gets what --max-length leaves.
-    let prefix: Vec<u32> = match memory {
-        Some(_) => tokenizer.bos_id().into_iter().collect(),
-        None => Vec::new(),
-    };
+    // BOS as `pretrain` finds it (tokenizer, else config.json), so the
+    // encoder sees what it was trained on; a model with none gets none.
+    let bos = memory.and(tokenizer.bos_id().or(transformer.config().bos_token_id));
+    let prefix: Vec<u32> = bos.into_iter().collect();
     let suffix = memory.unwrap_or_default();
     let text_max = args
         .max_length
@@ -232,7 +233,10 @@ pub fn run(args: &Args) -> Result<()> {
             truncated += 1;
         }
         if memory.is_some() {
-            ids = [prefix.as_slice(), &ids, suffix].concat();
+            ids = match bos {
+                Some(b) => encoder_sequence(b, &ids, suffix),
+                None => [ids.as_slice(), suffix].concat(),
+            };
         }
         seqs.push(ids);
     }

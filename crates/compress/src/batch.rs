@@ -11,6 +11,7 @@
 //! teacher rows s..T−1 line up with the student's suffix rows. Final tokens
 //! are never fed in: nothing is predicted from them.
 
+use crate::encoder_input::{memory_ids, push_encoder_input};
 use crate::{CompressError, Objective, Result};
 
 /// One passage of a step: its text tokens (no BOS) and, for `nll`/`kl`, the split.
@@ -92,7 +93,7 @@ pub fn pack(
             "at least one memory token is needed".into(),
         ));
     }
-    let mem_ids: Vec<u32> = (vocab..vocab + k).map(|i| i as u32).collect();
+    let mem_ids = memory_ids(vocab, k);
     let mut b = PackedBatch {
         k,
         enc_ids: Vec::new(),
@@ -138,13 +139,8 @@ pub fn pack(
         }
         b.text_tokens += t;
 
-        let enc_start = b.enc_ids.len();
-        b.enc_ids.push(bos);
-        b.enc_ids.extend_from_slice(prefix);
-        b.enc_mem.push(b.enc_ids.len());
-        b.enc_ids.extend_from_slice(&mem_ids);
-        debug_assert!(b.enc_ids.len() > enc_start);
-        b.enc_cu.push(b.enc_ids.len() as u32);
+        let m1 = push_encoder_input(&mut b.enc_ids, &mut b.enc_cu, bos, prefix, &mem_ids);
+        b.enc_mem.push(m1);
 
         let dec_start = b.dec_ids.len();
         b.dec_ids.push(bos);

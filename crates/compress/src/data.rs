@@ -191,17 +191,9 @@ impl Corpus {
         batch: usize,
         objective: Objective,
     ) -> Result<Vec<Sample>> {
-        let n = self.passages.len() as u64;
-        let first = (step * accum as u64 + micro as u64) * batch as u64;
-        let mut perm: Option<(u64, Vec<usize>)> = None;
-        (first..first + batch as u64)
-            .map(|p| {
-                let epoch = p / n;
-                if perm.as_ref().is_none_or(|(e, _)| *e != epoch) {
-                    let s = seeds::derive(seed, Stream::Shuffle, epoch, 0);
-                    perm = Some((epoch, seeds::permutation(n as usize, s)));
-                }
-                let idx = perm.as_ref().expect("set above").1[(p % n) as usize];
+        seeds::draw_indices(seed, step, micro, accum, batch, self.passages.len())
+            .into_iter()
+            .map(|(p, idx)| {
                 let ids = self.passages[idx].clone();
                 let split = objective.split(ids.len(), seeds::derive(seed, Stream::Split, p, 0))?;
                 Ok(Sample { ids, split })

@@ -12,6 +12,7 @@
 pub mod batch;
 mod compressor;
 pub mod data;
+pub mod encoder_input;
 mod error;
 pub mod memory;
 mod objective;

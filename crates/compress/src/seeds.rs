@@ -43,6 +43,33 @@ pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
     p
 }
 
+/// The passage indices of micro-batch `micro` of step `step` over a data set
+/// of `n` items: sample p = (step·accum + micro)·batch + i is item
+/// perm_e[p mod n] of epoch e = p div n's permutation, so the data position
+/// is a function of the step alone and accumulation only regroups.
+pub fn draw_indices(
+    seed: u64,
+    step: u64,
+    micro: usize,
+    accum: usize,
+    batch: usize,
+    n: usize,
+) -> Vec<(u64, usize)> {
+    let n64 = n.max(1) as u64;
+    let first = (step * accum as u64 + micro as u64) * batch as u64;
+    let mut perm: Option<(u64, Vec<usize>)> = None;
+    (first..first + batch as u64)
+        .map(|p| {
+            let epoch = p / n64;
+            if perm.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                let s = derive(seed, Stream::Shuffle, epoch, 0);
+                perm = Some((epoch, permutation(n, s)));
+            }
+            (p, perm.as_ref().expect("set above").1[(p % n64) as usize])
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
