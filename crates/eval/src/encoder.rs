@@ -34,6 +34,11 @@ impl<E: Encoder> CachedEncoder<E> {
         }
     }
 
+    /// The wrapped encoder, mutably.
+    pub fn inner_mut(&mut self) -> &mut E {
+        &mut self.inner
+    }
+
     /// The wrapped encoder.
     pub fn into_inner(self) -> E {
         self.inner

@@ -159,7 +159,7 @@ impl LogisticRegression {
         if let Some(&bad) = y.iter().find(|&&l| l >= classes) {
             return Err(EvalError::shape(OP, format!("labels below {classes}"), bad));
         }
-        if !(opts.c > 0.0) {
+        if opts.c.is_nan() || opts.c <= 0.0 {
             return Err(EvalError::shape(OP, "C > 0", opts.c));
         }
         let lambda = 1.0 / (opts.c * x.len() as f64);
