@@ -146,3 +146,36 @@ fn minilm_stsb_matches_the_published_number() {
     // MTEB's STSBenchmark for sentence-transformers/all-MiniLM-L6-v2: 82.03.
     assert!((v - 82.03).abs() < 0.3, "{out}");
 }
+
+#[test]
+fn model_runs_through_the_embed_path_with_a_shared_cache() {
+    let model = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../backbone/tests/fixtures/tiny-embed"
+    );
+    let out = llm2comp(&[
+        "eval",
+        "--model",
+        model,
+        "--tasks",
+        "stsb,banking77-clustering",
+        "--limit",
+        "20",
+        "--data-dir",
+        DATA,
+    ]);
+    let table = ok(&out);
+    assert!(
+        table.contains("stsb") && table.contains("v_measure"),
+        "{table}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The clustering texts are new, so they are embedded; a second STS task
+    // would not be: here each task's embedding line appears exactly once.
+    assert_eq!(stderr.matches("stsb: embedded").count(), 1, "{stderr}");
+    assert_eq!(
+        stderr.matches("banking77-clustering: embedded").count(),
+        1,
+        "{stderr}"
+    );
+}
