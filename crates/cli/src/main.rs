@@ -3,6 +3,8 @@
 
 mod adapter_export;
 mod embed;
+mod encoder;
+mod eval;
 mod info;
 mod merge;
 mod npy;
@@ -46,6 +48,9 @@ enum Command {
     Info(info::Args),
     /// Embed passages (one a line, or JSONL) into a .npy or .jsonl file.
     Embed(embed::Args),
+    /// Score embeddings on the evaluation suite (STS, classification,
+    /// clustering, retrieval): of --model, or precomputed (--embeddings).
+    Eval(eval::Args),
     /// Fold an LLM2Comp adapter into its base model and write a Hugging Face
     /// directory (memory tokens added to the vocabulary and the tokenizer).
     Merge(merge::Args),
@@ -61,6 +66,7 @@ fn main() -> Result<()> {
         Command::Selftest(args) => selftest::run(&args, threads),
         Command::Info(args) => info::run(&args),
         Command::Embed(args) => embed::run(&args),
+        Command::Eval(args) => eval::run(&args),
         Command::Merge(args) => merge::run(&args),
         Command::Pretrain(args) => pretrain::run(&args, threads),
     };

@@ -1,8 +1,11 @@
 //! Writing embeddings: `.npy` (float32 [N, D], what NumPy and PyTorch load
-//! directly) or `.jsonl` (one `{"index", "embedding"}` object a line).
+//! directly) or `.jsonl` (one `{"index", "embedding"}` object a line); and
+//! reading a 2-D `.npy` back (`llm2comp eval --embeddings`).
 //!
-//! The NPY v1.0 header is a dozen lines, so it is written here rather than
-//! pulled in with a crate. Files are written to a temporary name beside the
+//! The NPY header is a dozen lines, so it is written and parsed here rather
+//! than pulled in with a crate. The reader takes what NumPy writes for a
+//! C-ordered little-endian float32 or float64 matrix (v1, v2 or v3 header)
+//! and refuses anything else by name. Files are written to a temporary name beside the
 //! target and renamed, so an interrupted run never leaves a truncated file
 //! that looks complete.
 
@@ -90,9 +93,119 @@ pub fn write_embeddings(path: &Path, rows: &[Vec<f32>]) -> Result<()> {
     }
 }
 
+/// The value of `key` in an NPY header dict (`'key': value,`).
+fn header_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
+    let at = header.find(&format!("'{key}':"))? + key.len() + 3;
+    let rest = header[at..].trim_start();
+    let end = if rest.starts_with('(') {
+        rest.find(')')? + 1
+    } else {
+        rest.find([',', '}'])?
+    };
+    Some(rest[..end].trim())
+}
+
+/// Reads a 2-D float32 (or float64, converted) C-ordered .npy into rows.
+pub fn read_npy_rows(path: &Path) -> Result<Vec<Vec<f32>>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_npy_rows(&bytes)
+        .with_context(|| format!("{}: not a 2-D float .npy array", path.display()))
+}
+
+/// [`read_npy_rows`] on bytes.
+pub fn parse_npy_rows(b: &[u8]) -> Result<Vec<Vec<f32>>> {
+    if b.len() < 10 || &b[..6] != b"\x93NUMPY" {
+        bail!("no NPY magic");
+    }
+    let (hlen, start) = match b[6] {
+        1 => (u16::from_le_bytes([b[8], b[9]]) as usize, 10),
+        2 | 3 if b.len() >= 12 => (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12),
+        v => bail!("NPY version {v} is not supported"),
+    };
+    let header = b
+        .get(start..start + hlen)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .context("truncated or non-UTF-8 header")?;
+    let descr = header_value(header, "descr").context("header has no 'descr'")?;
+    let width = match descr.trim_matches(['\'', '"']) {
+        "<f4" => 4,
+        "<f8" => 8,
+        other => bail!("dtype {other} (expected <f4 float32 or <f8 float64)"),
+    };
+    if header_value(header, "fortran_order") != Some("False") {
+        bail!("Fortran-ordered arrays are not supported (save with np.ascontiguousarray)");
+    }
+    let shape_txt = header_value(header, "shape").context("header has no 'shape'")?;
+    let dims: Vec<usize> = shape_txt
+        .trim_matches(['(', ')'])
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| d.parse().with_context(|| format!("bad shape {shape_txt}")))
+        .collect::<Result<_>>()?;
+    let [n, d] = dims[..] else {
+        bail!("shape {shape_txt} is not 2-D [N, D]");
+    };
+    let data = &b[start + hlen..];
+    if data.len() != n * d * width {
+        bail!(
+            "shape {shape_txt} needs {} data bytes, the file has {}",
+            n * d * width,
+            data.len()
+        );
+    }
+    let values: Vec<f32> = if width == 4 {
+        data.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect()
+    } else {
+        data.chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+            .collect()
+    };
+    Ok(values
+        .chunks(d.max(1))
+        .take(n)
+        .map(<[f32]>::to_vec)
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn npy_reads_back_what_it_writes_and_refuses_the_rest() {
+        let rows = parse_npy_rows(&npy_bytes(&[1.0, -2.5, 3.0, 4.0, 5.0, 6.5], &[3, 2])).unwrap();
+        assert_eq!(rows, vec![vec![1.0, -2.5], vec![3.0, 4.0], vec![5.0, 6.5]]);
+        // float64 as NumPy writes it (v1 header padded to 128 bytes).
+        let mut f8 = b"\x93NUMPY\x01\x00".to_vec();
+        let h = "{'descr': '<f8', 'fortran_order': False, 'shape': (1, 2), }";
+        let h = format!("{h}{}\n", " ".repeat(128 - 10 - h.len() - 1));
+        f8.extend_from_slice(&(h.len() as u16).to_le_bytes());
+        f8.extend_from_slice(h.as_bytes());
+        f8.extend_from_slice(&0.25f64.to_le_bytes());
+        f8.extend_from_slice(&(-8.0f64).to_le_bytes());
+        assert_eq!(parse_npy_rows(&f8).unwrap(), vec![vec![0.25, -8.0]]);
+        let err = |b: &[u8]| format!("{:#}", parse_npy_rows(b).unwrap_err());
+        assert!(err(&npy_bytes(&[1.0, 2.0], &[2])).contains("not 2-D"));
+        let mut short = npy_bytes(&[1.0, 2.0], &[1, 2]);
+        short.pop();
+        assert!(err(&short).contains("needs 8 data bytes"));
+        // Same-length edits of the header.
+        let swap = |from: &str, to: &str| {
+            let mut b = npy_bytes(&[1.0], &[1, 1]);
+            let at = b
+                .windows(from.len())
+                .position(|w| w == from.as_bytes())
+                .unwrap();
+            b[at..at + from.len()].copy_from_slice(to.as_bytes());
+            b
+        };
+        assert!(err(&swap("<f4", "<i4")).contains("dtype <i4"));
+        assert!(err(&swap("False", "True ")).contains("Fortran"));
+        assert!(err(b"hello world").contains("magic"));
+    }
 
     #[test]
     fn npy_header_is_aligned_and_describes_the_array() {
