@@ -280,7 +280,12 @@ fn smollm2() -> Option<PathBuf> {
 #[test]
 fn merge_a_gguf_base_and_embed_with_bos() {
     let Some(gguf) = smollm2() else {
-        eprintln!("merge_a_gguf_base_and_embed_with_bos: SKIPPED (SmolLM2 GGUF not downloaded)");
+        // Straight to stderr: the harness captures eprintln!, a skip must show.
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "merge_a_gguf_base_and_embed_with_bos: SKIPPED (SmolLM2 GGUF not downloaded)"
+        );
         return;
     };
     let dir = tmp("gguf");
