@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use llm2comp_backbone::{Param, Transformer};
-use llm2comp_train::{MicroStats, Task, TrainError};
+use llm2comp_train::{DataPosition, MicroStats, Task, TrainError};
 use serde_json::{Map, Value, json};
 
 use crate::batch::pack;
@@ -28,8 +28,8 @@ pub struct CompressionTask {
     info: Map<String, Value>,
     exporter: Option<Exporter>,
     batch_log: Option<(std::path::PathBuf, std::io::BufWriter<std::fs::File>)>,
-    /// Steps whose micro-batches have been drawn (the data position).
-    steps_drawn: u64,
+    /// Steps drawn so far (the data position) and the seed they come from.
+    position: DataPosition,
 }
 
 impl std::fmt::Debug for CompressionTask {
@@ -63,7 +63,7 @@ impl CompressionTask {
             info: Map::new(),
             exporter: None,
             batch_log: None,
-            steps_drawn: 0,
+            position: DataPosition::new(seed, batch_size, grad_accum),
         }
     }
 
@@ -159,7 +159,7 @@ impl Task for CompressionTask {
                 .and_then(|()| w.flush())
                 .map_err(|e| TrainError::io("write", path.clone(), e))?;
         }
-        self.steps_drawn = step + 1;
+        self.position.drew(step);
         let dropout = seeds::derive(self.seed, Stream::Dropout, step, micro as u64);
         let s = self
             .comp
@@ -210,29 +210,11 @@ impl Task for CompressionTask {
     /// functions of (seed, step) — every draw is counter-based — so a resume
     /// needs only the step, and restoring checks the seed agrees.
     fn task_state(&self) -> Value {
-        let samples = self.steps_drawn * (self.grad_accum * self.batch_size) as u64;
-        let n = self.corpus.len().max(1) as u64;
-        json!({
-            "samples_drawn": samples,
-            "epoch": samples / n,
-            "position_in_epoch": samples % n,
-            "rng": { "kind": "counter-based (seed, step, micro)", "seed": self.seed },
-        })
+        self.position.to_json(self.corpus.len())
     }
 
     fn restore_task_state(&mut self, state: &Value) -> Result<(), TrainError> {
-        let seed = state["rng"]["seed"].as_u64();
-        if seed.is_some_and(|s| s != self.seed) {
-            return Err(TrainError::Config(format!(
-                "the checkpoint's data order and random draws come from seed {}, this run's \
-                 --seed is {}",
-                seed.unwrap_or_default(),
-                self.seed
-            )));
-        }
-        let per_step = (self.grad_accum * self.batch_size) as u64;
-        self.steps_drawn = state["samples_drawn"].as_u64().unwrap_or(0) / per_step.max(1);
-        Ok(())
+        self.position.restore(state, "data order and random draws")
     }
 
     fn export(&mut self, dir: &Path) -> Result<(), TrainError> {

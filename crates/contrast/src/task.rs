@@ -9,7 +9,7 @@ use std::path::Path;
 use llm2comp_backbone::Param;
 use llm2comp_compress::Exporter;
 use llm2comp_compress::seeds;
-use llm2comp_train::{MicroStats, Task, TrainError};
+use llm2comp_train::{DataPosition, MicroStats, Task, TrainError};
 use serde_json::{Map, Value, json};
 
 use crate::data::Triple;
@@ -24,7 +24,7 @@ pub struct ContrastTask {
     grad_accum: usize,
     info: Map<String, Value>,
     exporter: Option<Exporter>,
-    steps_drawn: u64,
+    position: DataPosition,
 }
 
 impl std::fmt::Debug for ContrastTask {
@@ -57,7 +57,7 @@ impl ContrastTask {
             grad_accum,
             info: Map::new(),
             exporter: None,
-            steps_drawn: 0,
+            position: DataPosition::new(seed, batch_size, grad_accum),
         }
     }
 
@@ -115,7 +115,7 @@ impl Task for ContrastTask {
         grad_scale: f32,
     ) -> Result<MicroStats, TrainError> {
         let b = self.batch(step, micro).map_err(TrainError::task)?;
-        self.steps_drawn = step + 1;
+        self.position.drew(step);
         let loss = self.enc.step(&b, grad_scale).map_err(TrainError::task)?;
         let tokens: usize = b.texts.iter().map(Vec::len).sum();
         let mut extra = Map::new();
@@ -156,28 +156,11 @@ impl Task for ContrastTask {
 
     /// The data position (a function of the step) and the seed, for the record.
     fn task_state(&self) -> Value {
-        let samples = self.steps_drawn * (self.grad_accum * self.batch_size) as u64;
-        let n = self.data.len().max(1) as u64;
-        json!({
-            "samples_drawn": samples,
-            "epoch": samples / n,
-            "position_in_epoch": samples % n,
-            "rng": { "kind": "counter-based (seed, step, micro)", "seed": self.seed },
-        })
+        self.position.to_json(self.data.len())
     }
 
     fn restore_task_state(&mut self, state: &Value) -> Result<(), TrainError> {
-        let seed = state["rng"]["seed"].as_u64();
-        if seed.is_some_and(|s| s != self.seed) {
-            return Err(TrainError::Config(format!(
-                "the checkpoint's data order and dropout come from seed {}, this run's --seed is {}",
-                seed.unwrap_or_default(),
-                self.seed
-            )));
-        }
-        let per_step = (self.grad_accum * self.batch_size) as u64;
-        self.steps_drawn = state["samples_drawn"].as_u64().unwrap_or(0) / per_step.max(1);
-        Ok(())
+        self.position.restore(state, "data order and dropout")
     }
 
     fn export(&mut self, dir: &Path) -> Result<(), TrainError> {

@@ -5,6 +5,7 @@
 //! micro-batch) and calls [`train`].
 
 pub mod checkpoint;
+mod data_position;
 mod error;
 pub mod metrics;
 mod optimizer;
@@ -13,6 +14,7 @@ mod schedule;
 pub mod svg;
 mod trainer;
 
+pub use data_position::DataPosition;
 pub use error::{Result, TrainError};
 pub use llm2comp_backbone::Param;
 pub use llm2comp_tensor::ops::adamw::AdamWConfig;

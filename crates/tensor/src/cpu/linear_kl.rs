@@ -129,6 +129,41 @@ struct RowState<T> {
     cross: f64,
 }
 
+impl<T: Real> RowState<T> {
+    fn new() -> Self {
+        Self {
+            teacher: OnlineLse::new(),
+            student: OnlineLse::new(),
+            cross: 0.0,
+        }
+    }
+}
+
+/// The loop all three passes share: gathers the chunk's teacher and student
+/// rows, then for each vocabulary tile in order computes both sides' logits
+/// and hands them to `each(tile, z_teacher, z_student, h_teacher, h_student)`.
+fn sweep<T: Real>(
+    x: &KlInputs<'_, T>,
+    tiling: Tiling,
+    rows: &[usize],
+    threads: usize,
+    mut each: impl FnMut(Range<usize>, &mut [T], &mut [T], &[T], &[T]),
+) {
+    let (dim, v) = (x.dim, x.vocab());
+    let ht = gather(x.teacher, dim, rows);
+    let hs = gather(x.student, dim, rows);
+    let cap = rows.len() * tiling.vocab.min(v);
+    let (mut zt, mut zs) = (vec![T::zero(); cap], vec![T::zero(); cap]);
+    for t0 in (0..v).step_by(tiling.vocab) {
+        let tile = t0..(t0 + tiling.vocab).min(v);
+        let w = tile.len();
+        let (zt, zs) = (&mut zt[..rows.len() * w], &mut zs[..rows.len() * w]);
+        tile_logits(&ht, x.weight, dim, tile.clone(), zt, threads);
+        tile_logits(&hs, x.weight, dim, tile.clone(), zs, threads);
+        each(tile, zt, zs, &ht, &hs);
+    }
+}
+
 fn forward_chunk<T: Real>(
     x: &KlInputs<'_, T>,
     tiling: Tiling,
@@ -139,25 +174,8 @@ fn forward_chunk<T: Real>(
     at: usize,
     threads: usize,
 ) -> f64 {
-    let (dim, v) = (x.dim, x.vocab());
-    let ht = gather(x.teacher, dim, rows);
-    let hs = gather(x.student, dim, rows);
-    let cap = rows.len() * tiling.vocab.min(v);
-    let (mut zt, mut zs) = (vec![T::zero(); cap], vec![T::zero(); cap]);
-    let fresh = RowState {
-        teacher: OnlineLse::new(),
-        student: OnlineLse::new(),
-        cross: 0.0,
-    };
-    let mut state = vec![fresh; rows.len()];
-    for t0 in (0..v).step_by(tiling.vocab) {
-        let tile = t0..(t0 + tiling.vocab).min(v);
-        let (zt, zs) = (
-            &mut zt[..rows.len() * tile.len()],
-            &mut zs[..rows.len() * tile.len()],
-        );
-        tile_logits(&ht, x.weight, dim, tile.clone(), zt, threads);
-        tile_logits(&hs, x.weight, dim, tile.clone(), zs, threads);
+    let mut state = vec![RowState::new(); rows.len()];
+    sweep(x, tiling, rows, threads, |tile, zt, zs, _, _| {
         zt.par_chunks(tile.len())
             .zip(zs.par_chunks_mut(tile.len()))
             .zip(state.par_iter_mut())
@@ -175,7 +193,7 @@ fn forward_chunk<T: Real>(
                 st.cross += cross;
                 st.student.push(zs);
             });
-    }
+    });
     let mut loss = 0.0;
     for ((&r, &c), st) in rows.iter().zip(coef).zip(&state) {
         let (lt, ls) = (st.teacher.value(), st.student.value());
@@ -239,20 +257,9 @@ fn backward_chunk<T: Real>(
     mut dw: Option<&mut [T]>,
     threads: usize,
 ) -> Vec<T> {
-    let (dim, v) = (x.dim, x.vocab());
-    let ht = gather(x.teacher, dim, rows);
-    let hs = gather(x.student, dim, rows);
-    let mut dhc = vec![T::zero(); hs.len()];
-    let cap = rows.len() * tiling.vocab.min(v);
-    let (mut zt, mut zs) = (vec![T::zero(); cap], vec![T::zero(); cap]);
-    for t0 in (0..v).step_by(tiling.vocab) {
-        let tile: Range<usize> = t0..(t0 + tiling.vocab).min(v);
-        let (zt, zs) = (
-            &mut zt[..rows.len() * tile.len()],
-            &mut zs[..rows.len() * tile.len()],
-        );
-        tile_logits(&ht, x.weight, dim, tile.clone(), zt, threads);
-        tile_logits(&hs, x.weight, dim, tile.clone(), zs, threads);
+    let dim = x.dim;
+    let mut dhc = vec![T::zero(); rows.len() * dim];
+    sweep(x, tiling, rows, threads, |tile, zt, zs, _, hs| {
         // The student's logits become G = c·dloss·(p_s − p_t) in place.
         zs.par_chunks_mut(tile.len())
             .zip(zt.par_chunks_mut(tile.len()))
@@ -266,18 +273,10 @@ fn backward_chunk<T: Real>(
                     *s = c * (*s - t);
                 }
             });
-        tile_grads(
-            zs,
-            &hs,
-            x.weight,
-            dim,
-            tile.clone(),
-            &mut dhc,
-            t0 == 0,
-            dw.as_deref_mut(),
-            threads,
-        );
-    }
+        let first = tile.start == 0;
+        let dw = dw.as_deref_mut();
+        tile_grads(zs, hs, x.weight, dim, tile, &mut dhc, first, dw, threads);
+    });
     dhc
 }
 
@@ -334,25 +333,13 @@ fn forward_backward_chunk<T: Real>(
     at: usize,
     threads: usize,
 ) -> (f64, Vec<T>) {
-    let (dim, v) = (x.dim, x.vocab());
-    let ht = gather(x.teacher, dim, rows);
-    let hs = gather(x.student, dim, rows);
+    let dim = x.dim;
     // acc_* row r = Σ_v exp(z_v − max_r)·W_v over the tiles so far, per side.
-    let (mut acc_t, mut acc_s) = (vec![T::zero(); hs.len()], vec![T::zero(); hs.len()]);
-    let cap = rows.len() * tiling.vocab.min(v);
-    let (mut zt, mut zs) = (vec![T::zero(); cap], vec![T::zero(); cap]);
-    let fresh = RowState {
-        teacher: OnlineLse::new(),
-        student: OnlineLse::new(),
-        cross: 0.0,
-    };
-    let mut state = vec![fresh; rows.len()];
-    for t0 in (0..v).step_by(tiling.vocab) {
-        let tile = t0..(t0 + tiling.vocab).min(v);
+    let n = rows.len() * dim;
+    let (mut acc_t, mut acc_s) = (vec![T::zero(); n], vec![T::zero(); n]);
+    let mut state = vec![RowState::new(); rows.len()];
+    sweep(x, tiling, rows, threads, |tile, zt, zs, ht, hs| {
         let w = tile.len();
-        let (zt, zs) = (&mut zt[..rows.len() * w], &mut zs[..rows.len() * w]);
-        tile_logits(&ht, x.weight, dim, tile.clone(), zt, threads);
-        tile_logits(&hs, x.weight, dim, tile.clone(), zs, threads);
         zt.par_chunks_mut(w)
             .zip(zs.par_chunks_mut(w))
             .zip(acc_t.par_chunks_mut(dim).zip(acc_s.par_chunks_mut(dim)))
@@ -382,7 +369,7 @@ fn forward_backward_chunk<T: Real>(
             });
         tile_grads(
             zt,
-            &ht,
+            ht,
             x.weight,
             dim,
             tile.clone(),
@@ -392,9 +379,9 @@ fn forward_backward_chunk<T: Real>(
             threads,
         );
         tile_grads(
-            zs, &hs, x.weight, dim, tile, &mut acc_s, false, None, threads,
+            zs, hs, x.weight, dim, tile, &mut acc_s, false, None, threads,
         );
-    }
+    });
     let mut loss = 0.0;
     let rows_out = rows.iter().zip(coef).zip(&state);
     for ((((&r, &c), st), a_t), a_s) in rows_out.zip(acc_t.chunks(dim)).zip(acc_s.chunks_mut(dim)) {

@@ -88,6 +88,23 @@ fn validate(
     Ok((rows, dim, vocab, tiling))
 }
 
+/// The CPU kernels' view of validated inputs (host f32 slices).
+fn cpu_inputs<'a>(
+    teacher: &'a Tensor,
+    student: &'a Tensor,
+    weight: &'a Tensor,
+    dim: usize,
+    row_weights: Option<&'a [f32]>,
+) -> Result<KlInputs<'a, f32>> {
+    Ok(KlInputs {
+        teacher: teacher.f32s(OP, "teacher")?,
+        student: student.f32s(OP, "student")?,
+        weight: weight.f32s(OP, "weight")?,
+        dim,
+        row_weights,
+    })
+}
+
 /// The CUDA launchers' view of validated inputs (device tensors).
 fn cuda_args<'a>(
     teacher: &'a Tensor,
@@ -124,13 +141,7 @@ pub fn forward(
         Device::Cpu => {
             let mut lse_teacher = Tensor::zeros(&[rows], student.dtype(), Device::Cpu);
             let mut lse_student = Tensor::zeros(&[rows], student.dtype(), Device::Cpu);
-            let x = KlInputs {
-                teacher: teacher.f32s(OP, "teacher")?,
-                student: student.f32s(OP, "student")?,
-                weight: weight.f32s(OP, "weight")?,
-                dim,
-                row_weights,
-            };
+            let x = cpu_inputs(teacher, student, weight, dim, row_weights)?;
             let loss = cpu::linear_kl::forward(
                 &x,
                 tiling,
@@ -184,13 +195,7 @@ pub fn backward(
                 Some(t) => Some(t.f32s_mut(OP, "dweight")?),
                 None => None,
             };
-            let x = KlInputs {
-                teacher: teacher.f32s(OP, "teacher")?,
-                student: student.f32s(OP, "student")?,
-                weight: weight.f32s(OP, "weight")?,
-                dim,
-                row_weights,
-            };
+            let x = cpu_inputs(teacher, student, weight, dim, row_weights)?;
             cpu::linear_kl::backward(
                 &x,
                 tiling,
@@ -227,13 +232,7 @@ pub fn forward_backward(
             let mut lse_teacher = Tensor::zeros(&[rows], student.dtype(), Device::Cpu);
             let mut lse_student = Tensor::zeros(&[rows], student.dtype(), Device::Cpu);
             let mut ds = Tensor::zeros(student.shape(), student.dtype(), Device::Cpu);
-            let x = KlInputs {
-                teacher: teacher.f32s(OP, "teacher")?,
-                student: student.f32s(OP, "student")?,
-                weight: weight.f32s(OP, "weight")?,
-                dim,
-                row_weights,
-            };
+            let x = cpu_inputs(teacher, student, weight, dim, row_weights)?;
             let loss = cpu::linear_kl::forward_backward(
                 &x,
                 tiling,
