@@ -12,6 +12,7 @@ mod optimizer;
 pub mod progress;
 mod schedule;
 pub mod svg;
+pub mod testing;
 mod trainer;
 
 pub use data_position::DataPosition;

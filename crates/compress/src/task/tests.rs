@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use llm2comp_backbone::{LoraConfig, LoraTarget, ModelConfig, Transformer};
+use llm2comp_train::testing::{loss_bits, param_bits};
 use llm2comp_train::{Decay, Schedule, TrainConfig, TrainError, train};
 
 use super::*;
@@ -70,29 +71,6 @@ fn run_cfg(out: &Path, steps: u64, save_every: Option<u64>) -> TrainConfig {
     c
 }
 
-fn losses(out: &Path) -> Vec<u64> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v["loss"].as_f64().unwrap().to_bits()
-        })
-        .collect()
-}
-
-fn params(t: &mut CompressionTask) -> Vec<(String, Vec<u32>)> {
-    t.params()
-        .into_iter()
-        .map(|p| {
-            (
-                p.name,
-                p.value.to_vec_f32().iter().map(|x| x.to_bits()).collect(),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn a_resumed_run_equals_an_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -104,10 +82,10 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
     // A fresh process: a new task with a different init, restored from disk.
     let mut resumed = task(0.1, 2, 2);
     train(&mut resumed, &run_cfg(&b, 6, Some(3)), Some(&b)).unwrap();
-    let (la, lb) = (losses(&a), losses(&b));
+    let (la, lb) = (loss_bits(&a), loss_bits(&b));
     assert_eq!(la.len(), 6);
     assert_eq!(la, lb, "loss curves differ");
-    assert_eq!(params(&mut whole), params(&mut resumed));
+    assert_eq!(param_bits(&mut whole), param_bits(&mut resumed));
 }
 
 /// KL weights each passage by 1/(suffix length · batch), so two micro-batches
@@ -143,7 +121,7 @@ fn a_nan_loss_stops_the_run_before_any_update() {
                 llm2comp_tensor::Tensor::from_vec(vec![f32::NAN; n], p.value.shape()).unwrap();
         }
     }
-    let before = params(&mut t);
+    let before = param_bits(&mut t);
     let err = train(&mut t, &run_cfg(&out, 3, Some(1)), None).unwrap_err();
     match &err {
         TrainError::NonFinite {
@@ -159,7 +137,7 @@ fn a_nan_loss_stops_the_run_before_any_update() {
     assert!(err.to_string().contains("step 1"), "{err}");
     assert_eq!(
         before,
-        params(&mut t),
+        param_bits(&mut t),
         "a NaN step must not update parameters"
     );
 }

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use llm2comp_train::testing::{loss_bits, param_bits};
 use llm2comp_train::{Decay, Schedule, TrainConfig, train};
 
 use super::*;
@@ -54,29 +55,6 @@ fn run_cfg(out: &Path, steps: u64) -> TrainConfig {
     c
 }
 
-fn losses(out: &Path) -> Vec<u64> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v["loss"].as_f64().unwrap().to_bits()
-        })
-        .collect()
-}
-
-fn params(t: &mut ContrastTask) -> Vec<(String, Vec<u32>)> {
-    t.params()
-        .into_iter()
-        .map(|p| {
-            (
-                p.name,
-                p.value.to_vec_f32().iter().map(|x| x.to_bits()).collect(),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn a_resumed_run_equals_an_uninterrupted_one() {
     for sup in [false, true] {
@@ -88,13 +66,17 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
         train(&mut first, &run_cfg(&b, 2), None).unwrap();
         let mut resumed = task(sup);
         train(&mut resumed, &run_cfg(&b, 4), Some(&b)).unwrap();
-        let (la, lb) = (losses(&a), losses(&b));
+        let (la, lb) = (loss_bits(&a), loss_bits(&b));
         assert_eq!(la.len(), 4);
         assert_eq!(la, lb, "sup={sup}: loss curves differ");
-        assert_eq!(params(&mut whole), params(&mut resumed), "sup={sup}");
+        assert_eq!(
+            param_bits(&mut whole),
+            param_bits(&mut resumed),
+            "sup={sup}"
+        );
         assert_ne!(
-            params(&mut whole),
-            params(&mut task(sup)),
+            param_bits(&mut whole),
+            param_bits(&mut task(sup)),
             "training changed nothing"
         );
     }
