@@ -89,6 +89,10 @@ pub struct LoraMeta {
     pub dropout: f32,
     /// PEFT module names (`q_proj`, ...).
     pub targets: Vec<String>,
+    /// The rank of one stage when this adapter stacks several chained
+    /// stages' adapters (r is then their sum); absent for a single stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_r: Option<usize>,
 }
 
 /// `llm2comp.json`: what the adapter is and how to embed with it.
@@ -118,6 +122,10 @@ pub struct AdapterMeta {
     pub stage: Option<String>,
     /// Training objective, free text.
     pub objective: Option<String>,
+    /// The adapter this stage continued from (chained stages; informational:
+    /// the adapter already holds the earlier stages' update).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
     /// Hidden size of the base model.
     pub hidden_size: usize,
     /// Vocabulary size V of the base model (memory tokens excluded).
@@ -213,10 +221,12 @@ impl AdapterMeta {
                     .iter()
                     .map(|t| t.module_name().to_string())
                     .collect(),
+                stage_r: None,
             },
             max_length: None,
             stage: None,
             objective: None,
+            parent: None,
             hidden_size: model.embedding().hidden(),
             vocab_size: v,
             merged: false,

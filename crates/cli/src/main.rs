@@ -2,6 +2,7 @@
 //! turns them into `anyhow` messages with context for the user.
 
 mod adapter_export;
+mod contrast;
 mod embed;
 mod encoder;
 mod eval;
@@ -12,6 +13,7 @@ mod pretrain;
 mod rss;
 mod selftest;
 mod texts;
+mod train_args;
 
 /// `println!` that returns the write error instead of panicking, so output
 /// piped into a reader that stops early (`| head`) ends the run quietly.
@@ -57,6 +59,9 @@ enum Command {
     /// Train the compression pretext task (LLM2Comp stage 1): LoRA adapters
     /// and k memory tokens from which the frozen model must predict the text.
     Pretrain(Box<pretrain::Args>),
+    /// Train a contrastive stage (LLM2Comp stage 2, unsup SimCSE, or 3, sup
+    /// triples) on top of the previous stage's adapter.
+    Contrast(Box<contrast::Args>),
 }
 
 fn main() -> Result<()> {
@@ -69,6 +74,7 @@ fn main() -> Result<()> {
         Command::Eval(args) => eval::run(&args),
         Command::Merge(args) => merge::run(&args),
         Command::Pretrain(args) => pretrain::run(&args, threads),
+        Command::Contrast(args) => contrast::run(&args, threads),
     };
     match result {
         Err(e) if broken_pipe(&e) => Ok(()),

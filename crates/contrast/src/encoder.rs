@@ -38,6 +38,9 @@ pub struct ContrastConfig {
     pub temperature: f32,
     /// Attention-probability dropout in training (SimCSE: 0.2).
     pub attn_dropout: f32,
+    /// Dropout on each block's attention and MLP outputs in training
+    /// (BERT's hidden dropout; 0 by default: the LLM was trained without it).
+    pub hidden_dropout: f32,
     /// GradCache mini-batch (texts per forward with activations); `None`
     /// embeds the whole batch with activations at once.
     pub mini_batch: Option<usize>,
@@ -51,6 +54,7 @@ impl ContrastConfig {
         Self {
             temperature: 0.05,
             attn_dropout: 0.2,
+            hidden_dropout: 0.0,
             mini_batch: None,
             checkpoint: false,
         }
@@ -60,6 +64,7 @@ impl ContrastConfig {
     pub fn supervised() -> Self {
         Self {
             attn_dropout: 0.0,
+            hidden_dropout: 0.0,
             ..Self::simcse()
         }
     }
@@ -104,10 +109,14 @@ impl Encoder {
                 cfg.temperature
             )));
         }
-        if !(0.0..1.0).contains(&cfg.attn_dropout) || cfg.mini_batch == Some(0) {
+        if !(0.0..1.0).contains(&cfg.attn_dropout)
+            || !(0.0..1.0).contains(&cfg.hidden_dropout)
+            || cfg.mini_batch == Some(0)
+        {
             return Err(ContrastError::Config(format!(
-                "need attention dropout in [0, 1) and a mini-batch >= 1; got {} and {:?}",
-                cfg.attn_dropout, cfg.mini_batch
+                "need attention and hidden dropout in [0, 1) and a mini-batch >= 1; got {}, {} \
+                 and {:?}",
+                cfg.attn_dropout, cfg.hidden_dropout, cfg.mini_batch
             )));
         }
         let vocab = model.embedding().base_vocab();
@@ -156,14 +165,14 @@ impl Encoder {
         self.memory.len()
     }
 
-    /// Whether a training pass drops anything (attention or LoRA dropout).
+    /// Whether a training pass drops anything (attention, hidden or LoRA dropout).
     pub fn uses_dropout(&self) -> bool {
         let lora = self.model.blocks().iter().any(|b| {
             LoraTarget::ALL
                 .into_iter()
                 .any(|t| b.linear(t).lora().is_some_and(|l| l.dropout > 0.0))
         });
-        lora || self.cfg.attn_dropout > 0.0
+        lora || self.cfg.attn_dropout > 0.0 || self.cfg.hidden_dropout > 0.0
     }
 
     /// The trainable tensors (adapters, memory rows) paired with their gradients.
@@ -179,7 +188,9 @@ impl Encoder {
     fn pass(&self, seed: Option<u64>) -> Pass {
         let p = Pass::bidirectional().with_checkpoint(self.cfg.checkpoint);
         match seed {
-            Some(s) => p.with_dropout(s, self.cfg.attn_dropout),
+            Some(s) => p
+                .with_dropout(s, self.cfg.attn_dropout)
+                .with_hidden_dropout(self.cfg.hidden_dropout),
             None => p,
         }
     }

@@ -115,7 +115,11 @@ fn check_batch(enc: &mut Encoder, b: &ContrastBatch, what: &str) {
 
 #[test]
 fn simcse_gradients_match_finite_differences_with_dropout() {
-    let mut enc = Encoder::new(staged_model(3, 0.2), 1, ContrastConfig::simcse()).unwrap();
+    let cfg = ContrastConfig {
+        hidden_dropout: 0.1,
+        ..ContrastConfig::simcse()
+    };
+    let mut enc = Encoder::new(staged_model(3, 0.2), 1, cfg).unwrap();
     assert!(enc.uses_dropout());
     let p = texts(3, 0);
     let refs: Vec<&[u32]> = p.iter().map(Vec::as_slice).collect();
@@ -151,7 +155,9 @@ fn gradcache_gives_the_full_batch_gradients() {
     for dropout in [false, true] {
         let model = staged_model(6, if dropout { 0.25 } else { 0.0 });
         let mut cfg = ContrastConfig::simcse();
-        if !dropout {
+        if dropout {
+            cfg.hidden_dropout = 0.1;
+        } else {
             cfg.attn_dropout = 0.0;
         }
         let mut full = Encoder::new(model.clone(), 1, cfg.clone()).unwrap();
@@ -202,7 +208,8 @@ fn chaining_reproduces_the_previous_stage_then_trains_a_fresh_lora() {
     let want = before.embed(&p, None).unwrap().to_vec_f32();
 
     let mut base = tiny_model(9);
-    let (m, cfg) = chain_stage(&mut base, dir.path(), 0.0, 17).unwrap();
+    let chained = chain_stage(&mut base, dir.path(), 0.0, 17).unwrap();
+    let (m, cfg) = (&chained.meta, &chained.lora);
     assert_eq!(m.memory_tokens, K);
     assert_eq!((cfg.r, cfg.dropout), (2, 0.0));
     let mut enc = Encoder::new(base, 1, ContrastConfig::supervised()).unwrap();
@@ -229,6 +236,43 @@ fn chaining_reproduces_the_previous_stage_then_trains_a_fresh_lora() {
         gb > 0.0,
         "the fresh B matrices and memory rows get gradients"
     );
+
+    // Trained a little, the stage saves as one stacked adapter that loads
+    // alone onto the original base and embeds as the chained model does.
+    for p in enc.params() {
+        if p.name.ends_with("lora_B.weight") || p.name.contains("extra") {
+            let v: Vec<f32> = p.grad.to_vec_f32().iter().map(|g| -0.5 * g).collect();
+            let upd: Vec<f32> = p
+                .value
+                .to_vec_f32()
+                .iter()
+                .zip(&v)
+                .map(|(a, b)| a + b)
+                .collect();
+            *p.value = llm2comp_tensor::Tensor::from_vec(upd, p.value.shape()).unwrap();
+        }
+    }
+    let want = enc.embed(&p, None).unwrap().to_vec_f32();
+    let out = tempfile::tempdir().unwrap();
+    chained
+        .save(out.path(), enc.model(), "ucl", "simcse", "prev")
+        .unwrap();
+    let mut fresh = tiny_model(9);
+    let saved = llm2comp_backbone::load_adapter(out.path(), &mut fresh).unwrap();
+    assert_eq!((saved.lora.r, saved.lora.stage_r), (4, Some(2)));
+    assert_eq!(saved.parent.as_deref(), Some("prev"));
+    let got = Encoder::new(fresh, 1, ContrastConfig::supervised())
+        .unwrap()
+        .embed(&p, None)
+        .unwrap()
+        .to_vec_f32();
+    let e = rel_err(&got, &want);
+    assert!(e < 1e-5, "stacked adapter differs from the chain: {e}");
+    // Chaining from the stacked adapter starts a fresh adapter of one stage's rank.
+    let mut base3 = tiny_model(9);
+    let third = chain_stage(&mut base3, out.path(), 0.0, 18).unwrap();
+    assert_eq!(third.lora.r, 2);
+    assert_eq!(third.stacked_lora().r, 6);
 }
 
 #[test]

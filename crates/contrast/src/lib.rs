@@ -18,7 +18,7 @@ pub mod loss;
 mod task;
 
 pub use batch::{ContrastBatch, Pairing};
-pub use chain::chain_stage;
+pub use chain::{ChainedStage, chain_stage};
 pub use data::{ContrastData, RawTriple, Triple};
 pub use encoder::{ContrastConfig, EmbedCache, Encoder};
 pub use error::{ContrastError, Result};

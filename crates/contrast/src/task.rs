@@ -141,6 +141,7 @@ impl Task for ContrastTask {
             "mode": self.data.mode(),
             "temperature": c.temperature,
             "attn_dropout": c.attn_dropout,
+            "hidden_dropout": c.hidden_dropout,
             "mini_batch": c.mini_batch,
             "memory_tokens": self.enc.memory_tokens(),
             "batch_size": self.batch_size,

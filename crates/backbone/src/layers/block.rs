@@ -4,8 +4,10 @@
 //! backward starts dx as dy and adds each branch's input gradient into it.
 //! Dropout seeds are derived here per (layer, projection) from the pass seed,
 //! so every mask in the model is distinct yet reproducible in backward.
+//! Hidden dropout masks each branch's output before its residual addition;
+//! backward applies the same mask to the branch's share of the gradient.
 
-use llm2comp_tensor::ops::dropout::DropoutMask;
+use llm2comp_tensor::ops::dropout::{self, DropoutMask};
 use llm2comp_tensor::ops::residual;
 use llm2comp_tensor::ops::rope::RopeTable;
 use llm2comp_tensor::{Result, Tensor};
@@ -84,6 +86,9 @@ impl BlockGrads {
 
 /// Slot of the attention-probability mask among a layer's seeds (targets use 0..7).
 const ATTN_DROPOUT_SLOT: u64 = 100;
+/// Slots of the hidden-dropout masks on the attention and MLP outputs.
+const ATTN_OUT_DROPOUT_SLOT: u64 = 101;
+const MLP_OUT_DROPOUT_SLOT: u64 = 102;
 
 impl BlockCall<'_> {
     fn linear(&self, target: LoraTarget) -> LinearCall {
@@ -118,6 +123,18 @@ impl BlockCall<'_> {
                 self.linear(V),
                 self.linear(O),
             ],
+        }
+    }
+
+    /// The hidden-dropout mask of the branch in `slot`, when there is one.
+    fn hidden_mask(&self, slot: u64) -> Option<DropoutMask> {
+        match self.pass.dropout_seed {
+            Some(s) if self.pass.hidden_dropout > 0.0 => Some(DropoutMask {
+                p: self.pass.hidden_dropout,
+                seed: sub_seed(s, self.layer, slot),
+                offset: 0,
+            }),
+            _ => None,
         }
     }
 
@@ -163,9 +180,11 @@ impl Block {
     pub fn forward(&self, x: &Tensor, call: &BlockCall) -> Result<(Tensor, BlockCache)> {
         let (n1, norm1) = self.attn_norm.forward(x)?;
         let (a, attn) = self.attn.forward(&n1, &call.attention())?;
+        let a = hidden_dropout(a, call.hidden_mask(ATTN_OUT_DROPOUT_SLOT))?;
         let x1 = residual::forward(x, &a)?;
         let (n2, norm2) = self.mlp_norm.forward(&x1)?;
         let (m, mlp) = self.mlp.forward(&n2, &call.mlp())?;
+        let m = hidden_dropout(m, call.hidden_mask(MLP_OUT_DROPOUT_SLOT))?;
         let y = residual::forward(&x1, &m)?;
         Ok((
             y,
@@ -191,12 +210,14 @@ impl Block {
             let n1 = self.attn_norm.forward(&x)?.0;
             self.attn.infer(&n1, &call.attention())?
         };
+        let a = hidden_dropout(a, call.hidden_mask(ATTN_OUT_DROPOUT_SLOT))?;
         residual::add_into(&mut x, &a)?;
         drop(a);
         let m = {
             let n2 = self.mlp_norm.forward(&x)?.0;
             self.mlp.infer(&n2, &call.mlp())?
         };
+        let m = hidden_dropout(m, call.hidden_mask(MLP_OUT_DROPOUT_SLOT))?;
         residual::add_into(&mut x, &m)?;
         Ok(x)
     }
@@ -214,19 +235,35 @@ impl Block {
             Some(g) => (Some(&mut g.attn), Some(&mut g.mlp)),
             None => (None, None),
         };
-        let dn2 = self.mlp.backward(dy, &cache.n2, &cache.mlp, gm)?;
+        let dm = match call.hidden_mask(MLP_OUT_DROPOUT_SLOT) {
+            Some(mask) => std::borrow::Cow::Owned(dropout::backward(dy, mask)?),
+            None => std::borrow::Cow::Borrowed(dy),
+        };
+        let dn2 = self.mlp.backward(&dm, &cache.n2, &cache.mlp, gm)?;
         let mut dx1 = dy.clone();
         let d = self
             .mlp_norm
             .backward(&dn2, &cache.x1, &cache.norm2, None)?;
         residual::add_into(&mut dx1, &d)?;
+        let da = match call.hidden_mask(ATTN_OUT_DROPOUT_SLOT) {
+            Some(mask) => std::borrow::Cow::Owned(dropout::backward(&dx1, mask)?),
+            None => std::borrow::Cow::Borrowed(&dx1),
+        };
         let dn1 = self
             .attn
-            .backward(&dx1, &cache.n1, &cache.attn, &call.attention(), ga)?;
+            .backward(&da, &cache.n1, &cache.attn, &call.attention(), ga)?;
         let mut dx = dx1;
         let d = self.attn_norm.backward(&dn1, x, &cache.norm1, None)?;
         residual::add_into(&mut dx, &d)?;
         Ok(dx)
+    }
+}
+
+/// `x` with the hidden-dropout mask applied, when there is one.
+fn hidden_dropout(x: Tensor, mask: Option<DropoutMask>) -> Result<Tensor> {
+    match mask {
+        Some(m) => dropout::forward(&x, m),
+        None => Ok(x),
     }
 }
 
@@ -261,6 +298,9 @@ mod tests {
         for pass in [
             Pass::causal().with_lora(true),
             Pass::bidirectional().with_dropout(9, 0.2),
+            Pass::bidirectional()
+                .with_dropout(11, 0.1)
+                .with_hidden_dropout(0.25),
         ] {
             let call = BlockCall {
                 pass,

@@ -126,6 +126,43 @@ impl Lora {
         })
     }
 
+    /// One adapter whose update scale·B·A is the sum of the parts' updates
+    /// (how a chained stage is exported: the earlier stages' update, merged
+    /// in training, plus this stage's). A stacks the parts' rows and B their
+    /// columns, each part's B scaled by s_i / s, s the last part's scale;
+    /// the rank is the sum of the ranks, the dropout the last part's.
+    pub fn stack(parts: &[&Lora]) -> Result<Self> {
+        const OP: &str = "lora stack";
+        let last = parts
+            .last()
+            .ok_or_else(|| TensorError::invalid(OP, "no adapters to stack"))?;
+        let (_, d_in) = last.a.dims2(OP, "a")?;
+        let (d_out, _) = last.b.dims2(OP, "b")?;
+        let r: usize = parts.iter().map(|p| p.rank()).sum();
+        let mut a = Vec::with_capacity(r * d_in);
+        let mut b = vec![0f32; d_out * r];
+        let mut col = 0;
+        for p in parts {
+            let ri = p.rank();
+            p.a.expect_shape(OP, "a", &[ri, d_in])?;
+            p.b.expect_shape(OP, "b", &[d_out, ri])?;
+            a.extend_from_slice(p.a.f32s(OP, "a")?);
+            let f = p.scale / last.scale;
+            for (o, src) in p.b.f32s(OP, "b")?.chunks_exact(ri).enumerate() {
+                for (dst, &v) in b[o * r + col..o * r + col + ri].iter_mut().zip(src) {
+                    *dst = v * f;
+                }
+            }
+            col += ri;
+        }
+        Ok(Self {
+            a: Tensor::from_vec(a, &[r, d_in])?,
+            b: Tensor::from_vec(b, &[d_out, r])?,
+            scale: last.scale,
+            dropout: last.dropout,
+        })
+    }
+
     /// Rank r.
     pub fn rank(&self) -> usize {
         self.a.shape()[0]

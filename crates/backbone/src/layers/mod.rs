@@ -46,6 +46,10 @@ pub struct Pass {
     pub dropout_seed: Option<u64>,
     /// Dropout probability on attention probabilities, applied only with a seed.
     pub attn_dropout: f32,
+    /// Dropout probability on each residual branch's output (the attention
+    /// and MLP outputs before they are added to the stream; BERT's and
+    /// SimCSE's "hidden dropout"), applied only with a seed.
+    pub hidden_dropout: f32,
     /// Keep only each block's input and recompute the block in backward
     /// (gradient checkpointing: memory O(layers·tokens·hidden) instead of all activations).
     pub checkpoint: bool,
@@ -59,6 +63,7 @@ impl Pass {
             lora: false,
             dropout_seed: None,
             attn_dropout: 0.0,
+            hidden_dropout: 0.0,
             checkpoint: false,
         }
     }
@@ -82,6 +87,14 @@ impl Pass {
         Self {
             dropout_seed: Some(seed),
             attn_dropout,
+            ..self
+        }
+    }
+
+    /// This pass with residual-branch dropout `p` (it acts only with a seed).
+    pub fn with_hidden_dropout(self, hidden_dropout: f32) -> Self {
+        Self {
+            hidden_dropout,
             ..self
         }
     }

@@ -20,7 +20,7 @@ use llm2comp_tensor::{DType, Device, Result, Tensor, TensorError};
 
 use super::block::{Block, BlockCache, BlockCall, BlockGrads};
 use super::embedding::TokenEmbedding;
-use super::lora::{LoraConfig, LoraTarget};
+use super::lora::{Lora, LoraConfig, LoraTarget};
 use super::rmsnorm::{RmsNorm, RmsNormCache};
 use super::{Pass, sub_seed};
 use crate::ModelConfig;
@@ -258,6 +258,46 @@ impl Transformer {
                     .linear_mut(t)
                     .add_lora(cfg, sub_seed(seed, l, t.slot()))?;
             }
+        }
+        Ok(())
+    }
+
+    /// A copy of every adapter, by layer and projection.
+    pub fn loras(&self) -> Vec<(usize, LoraTarget, Lora)> {
+        let mut out = Vec::new();
+        for (l, block) in self.blocks.iter().enumerate() {
+            for t in LoraTarget::ALL {
+                if let Some(lo) = block.linear(t).lora() {
+                    out.push((l, t, lo.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Replaces each adapter by `earlier`'s adapter of the same layer and
+    /// projection stacked before it ([`Lora::stack`]), so that on the base
+    /// weights the model computes what it computes with `earlier` merged
+    /// into them. Both must cover the same projections.
+    pub fn stack_loras(&mut self, earlier: &[(usize, LoraTarget, Lora)]) -> Result<()> {
+        let mine = self.loras();
+        let key = |v: &[(usize, LoraTarget, Lora)]| -> Vec<(usize, LoraTarget)> {
+            v.iter().map(|(l, t, _)| (*l, *t)).collect()
+        };
+        if key(&mine) != key(earlier) {
+            return Err(TensorError::invalid(
+                OP,
+                format!(
+                    "cannot stack adapters on different projections ({} earlier, {} current)",
+                    earlier.len(),
+                    mine.len()
+                ),
+            ));
+        }
+        for ((l, t, cur), (_, _, old)) in mine.iter().zip(earlier) {
+            self.blocks[*l]
+                .linear_mut(*t)
+                .set_lora(Lora::stack(&[old, cur])?)?;
         }
         Ok(())
     }

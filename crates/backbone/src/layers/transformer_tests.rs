@@ -200,11 +200,65 @@ fn merging_lora_reproduces_the_side_path() {
     assert!(rel_err(&base.to_vec_f32(), &side.to_vec_f32()) > 1e-2);
 }
 
+/// A chained stage (stage 1's LoRA merged, a fresh LoRA of another rank
+/// and alpha on top) equals the base model carrying the stacked adapter.
+#[test]
+fn stacked_adapters_equal_the_merged_chain() {
+    let stage1 = tiny_model("LlamaForCausalLM");
+    let (ids, cu) = batch();
+    let pass = Pass::bidirectional();
+    let earlier = stage1.loras();
+    let mut stage2 = stage1.clone();
+    stage2.merge_lora().unwrap();
+    let cfg = LoraConfig {
+        r: 3,
+        alpha: 9.0,
+        dropout: 0.0,
+        targets: LoraTarget::ALL.to_vec(),
+    };
+    stage2.add_lora(&cfg, 11).unwrap();
+    for (l, b) in stage2.blocks_mut().iter_mut().enumerate() {
+        for (j, t) in LoraTarget::ALL.into_iter().enumerate() {
+            let lora = b.linear_mut(t).lora_mut().unwrap();
+            lora.b = rand_tensor(lora.b.shape(), 200 + 10 * l as u64 + j as u64, 0.3);
+        }
+    }
+    let chained = stage2.infer(Input::Ids(&ids), &cu, &pass).unwrap();
+
+    let mut stacked = stage2.clone();
+    stacked.stack_loras(&earlier).unwrap();
+    let mut on_base = Transformer::random(&tiny_config("LlamaForCausalLM"), 7).unwrap();
+    on_base
+        .set_extra_rows(stage1.embedding().extra().cloned())
+        .unwrap();
+    for (l, t, lo) in stacked.loras() {
+        assert_eq!((lo.rank(), lo.scale), (5, 3.0));
+        on_base.blocks_mut()[l].linear_mut(t).set_lora(lo).unwrap();
+    }
+    let out = on_base.infer(Input::Ids(&ids), &cu, &pass).unwrap();
+    assert_close("stacked", &out.to_vec_f32(), &chained.to_vec_f32(), 1e-5);
+    // Stage 2's own adapter alone on the base is not the chain.
+    let mut alone = Transformer::random(&tiny_config("LlamaForCausalLM"), 7).unwrap();
+    alone
+        .set_extra_rows(stage1.embedding().extra().cloned())
+        .unwrap();
+    for (l, t, lo) in stage2.loras() {
+        alone.blocks_mut()[l].linear_mut(t).set_lora(lo).unwrap();
+    }
+    let wrong = alone.infer(Input::Ids(&ids), &cu, &pass).unwrap();
+    assert!(rel_err(&wrong.to_vec_f32(), &chained.to_vec_f32()) > 1e-3);
+    // Different projections cannot be stacked.
+    let mut partial = stage2.clone();
+    assert!(partial.stack_loras(&earlier[1..]).is_err());
+}
+
 #[test]
 fn checkpointing_and_infer_agree_with_the_full_cache() {
     let model = tiny_model("LlamaForCausalLM");
     let (ids, cu) = batch();
-    let pass = Pass::bidirectional().with_dropout(5, 0.1);
+    let pass = Pass::bidirectional()
+        .with_dropout(5, 0.1)
+        .with_hidden_dropout(0.1);
     let w = rand_tensor(&[12, 16], 3, 1.0);
     let run = |p: Pass| {
         let mut g = model.zero_grads(&all_trainable());
@@ -227,12 +281,11 @@ fn checkpointing_and_infer_agree_with_the_full_cache() {
     let inf = model.infer(Input::Ids(&ids), &cu, &pass).unwrap();
     assert_eq!(inf.to_vec_f32(), h1.to_vec_f32());
     // Another dropout seed changes the output; no seed means no dropout.
-    let other = model.infer(
-        Input::Ids(&ids),
-        &cu,
-        &Pass::bidirectional().with_dropout(6, 0.1),
-    );
+    let other = model.infer(Input::Ids(&ids), &cu, &pass.with_dropout(6, 0.1));
     assert!(rel_err(&other.unwrap().to_vec_f32(), &h1.to_vec_f32()) > 1e-3);
+    // The hidden-dropout masks act: the same seed without them differs.
+    let no_hidden = model.infer(Input::Ids(&ids), &cu, &pass.with_hidden_dropout(0.0));
+    assert!(rel_err(&no_hidden.unwrap().to_vec_f32(), &h1.to_vec_f32()) > 1e-3);
 }
 
 #[test]

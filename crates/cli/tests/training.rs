@@ -1,9 +1,10 @@
-//! `llm2comp pretrain` end to end on the committed tiny model
+//! `llm2comp pretrain` and `llm2comp contrast` end to end on the committed tiny model
 //! (`crates/backbone/tests/fixtures/tiny-embed`, a 2-layer Qwen2 with a
 //! word-level tokenizer; its config gets a BOS id here): a run writes its
 //! metrics, plot, checkpoints and adapters; a stopped-and-resumed run
 //! reproduces the uninterrupted loss curve exactly; bad settings and bad
-//! data are refused with messages that say what to do.
+//! data are refused with messages that say what to do; the three stages
+//! chain, each saving one adapter that `embed` uses alone.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -180,4 +181,194 @@ fn bad_settings_and_data_are_refused_clearly() {
     let o = pretrain(&model, &short, &out, &[]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("no passage left"), "{}", stderr(&o));
+}
+
+fn contrast(
+    model: &Path,
+    adapter: &Path,
+    out: &Path,
+    mode: &str,
+    data: &Path,
+    extra: &[&str],
+) -> Output {
+    let mut args = vec![
+        "--threads",
+        "1",
+        "contrast",
+        "--model",
+        model.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--mode",
+        mode,
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--batch-size",
+        "3",
+        "--mini-batch",
+        "2",
+        "--lr",
+        "1e-3",
+        "--max-length",
+        "24",
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    llm2comp(&args)
+}
+
+fn meta(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("llm2comp.json")).unwrap()).unwrap()
+}
+
+fn embed(model: &Path, adapter: &Path, input: &Path, out: &Path) -> Vec<u8> {
+    let o = llm2comp(&[
+        "--threads",
+        "1",
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::read(out).unwrap()
+}
+
+#[test]
+fn the_three_stages_chain_and_each_adapter_embeds_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = (model_dir(tmp.path()), data(tmp.path()));
+    let pre = tmp.path().join("pre");
+    let o = pretrain(&model, &data, &pre, &["--steps", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let ucl = tmp.path().join("ucl");
+    let o = contrast(&model, &pre, &ucl, "unsup", &data, &["--steps", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(losses(&ucl).len(), 3);
+    let m = meta(&ucl);
+    assert_eq!(
+        (m["stage"].as_str(), m["objective"].as_str()),
+        (Some("ucl"), Some("simcse"))
+    );
+    assert_eq!(
+        (m["lora"]["r"].as_u64(), m["lora"]["stage_r"].as_u64()),
+        (Some(8), Some(4))
+    );
+    assert_eq!(m["parent"].as_str(), pre.to_str());
+
+    // Supervised triples from the passages: query = a passage's first
+    // words, positive = the rest, negative = the next passage.
+    let lines: Vec<String> = std::fs::read_to_string(&data)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .filter(|l| l.split(' ').count() >= 4)
+        .collect();
+    let triples: String = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let words: Vec<&str> = l.split(' ').collect();
+            let neg = &lines[(i + 1) % lines.len()];
+            serde_json::json!({
+                "query": words[..2].join(" "),
+                "positive": words[2..].join(" "),
+                "negative": neg,
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    let tri = tmp.path().join("triples.jsonl");
+    std::fs::write(&tri, triples).unwrap();
+    let scl = tmp.path().join("scl");
+    let o = contrast(
+        &model,
+        &ucl,
+        &scl,
+        "sup",
+        &tri,
+        &["--steps", "2", "--instruction", "Find the rest"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = meta(&scl);
+    assert_eq!(
+        (m["lora"]["r"].as_u64(), m["lora"]["stage_r"].as_u64()),
+        (Some(12), Some(4))
+    );
+    assert_eq!(m["stage"].as_str(), Some("scl"));
+
+    // Each stage's adapter embeds alone, and each stage changed the embeddings.
+    let e: Vec<Vec<u8>> = [&pre, &ucl, &scl]
+        .iter()
+        .enumerate()
+        .map(|(i, a)| embed(&model, a, &data, &tmp.path().join(format!("e{i}.npy"))))
+        .collect();
+    assert!(
+        e[0] != e[1] && e[1] != e[2],
+        "a stage left the embeddings unchanged"
+    );
+
+    // Resume: 1 step, then resumed to 3, equals the 3-step run.
+    let part = tmp.path().join("ucl-part");
+    let o = contrast(&model, &pre, &part, "unsup", &data, &["--steps", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let part_s = part.to_str().unwrap().to_string();
+    let o = contrast(
+        &model,
+        &pre,
+        &part,
+        "unsup",
+        &data,
+        &["--steps", "3", "--resume", &part_s],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        losses(&ucl),
+        losses(&part),
+        "the resumed contrastive run differs"
+    );
+}
+
+#[test]
+fn contrast_refuses_bad_settings_and_data_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = (model_dir(tmp.path()), data(tmp.path()));
+    let pre = tmp.path().join("pre");
+    let o = pretrain(&model, &data, &pre, &["--steps", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = tmp.path().join("x");
+    let o = contrast(&model, &pre, &out, "unsup", &data, &["--instruction", "a"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("--instruction"),
+        "{}",
+        stderr(&o)
+    );
+    let bad = tmp.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"query\": \"q\", \"positive\": \"p\"}\n{\"query\": 3}\n",
+    )
+    .unwrap();
+    let o = contrast(&model, &pre, &out, "sup", &bad, &[]);
+    assert!(!o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("bad.jsonl:2"), "{}", stderr(&o));
+    let missing = tmp.path().join("no-adapter");
+    let o = contrast(&model, &missing, &out, "unsup", &data, &[]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no-adapter"), "{}", stderr(&o));
+    let o = contrast(&model, &pre, &out, "unsup", &data, &["--device", "cuda"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("CPU"),
+        "{}",
+        stderr(&o)
+    );
 }

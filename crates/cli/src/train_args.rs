@@ -1,0 +1,196 @@
+//! The training flags every stage shares (`pretrain`, `contrast`), flattened
+//! into each command, and the one way they become a `llm2comp-train` run.
+//!
+//! The optimiser settings differ by stage in the paper (METHOD.md: stage 1
+//! lr 1e-4 / wd 1e-5 / clip 2.0, stage 2 lr 3e-5 / wd 1e-3 / clip 1.0, stage
+//! 3 lr 1e-4 / wd 3e-4), so those flags are optional here and each command
+//! supplies its stage's defaults ([`StageDefaults`]).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use llm2comp_tensor::Device;
+use llm2comp_tensor::ops::adamw::AdamWConfig;
+use llm2comp_train::{Decay, Schedule, Task, TrainConfig, TrainError, TrainSummary, train};
+
+/// Optimiser and schedule defaults of one stage.
+#[derive(Debug, Clone, Copy)]
+pub struct StageDefaults {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Warm-up steps.
+    pub warmup: u64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Global-norm clip (0: none).
+    pub clip: f64,
+}
+
+/// Flags of a training run, shared by every stage.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrainArgs {
+    /// Output directory: adapters, checkpoints/, metrics.jsonl, loss.svg.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this output directory (or from this checkpoint directory).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Optimiser steps (default: one epoch, or --epochs).
+    #[arg(long, conflicts_with = "epochs")]
+    pub steps: Option<u64>,
+    /// Passes over the data (default 1).
+    #[arg(long)]
+    pub epochs: Option<f64>,
+    /// Micro-batches per optimiser step.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Peak learning rate (default: the stage's, as in the paper).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Warm-up steps, linear from --warmup-init-lr to --lr (default: the stage's).
+    #[arg(long)]
+    pub warmup: Option<u64>,
+    /// Learning rate at the start of warm-up.
+    #[arg(long, default_value_t = 1e-5)]
+    pub warmup_init_lr: f64,
+    /// Learning rate after warm-up: constant (the paper's), or a linear or
+    /// cosine decay to 0 at --schedule-steps.
+    #[arg(long, default_value = "constant")]
+    pub decay: Decay,
+    /// Step at which a decay reaches 0 (default: --steps). Set it when a run
+    /// will be extended with --resume, so the schedule does not change.
+    #[arg(long)]
+    pub schedule_steps: Option<u64>,
+    /// AdamW weight decay (default: the stage's).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Clip the global gradient norm to this, 0 for none (default: the stage's).
+    #[arg(long)]
+    pub clip: Option<f64>,
+    /// Save a checkpoint every N steps (always at the end).
+    #[arg(long)]
+    pub save_every: Option<u64>,
+    /// Checkpoints kept on disk.
+    #[arg(long, default_value_t = 2)]
+    pub keep_checkpoints: usize,
+    /// Seed of everything random: initialisation, data order, splits, dropout.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Recompute each block in backward instead of keeping activations (less memory, ~1.3x the time).
+    #[arg(long)]
+    pub checkpoint_activations: bool,
+    /// Device: cpu (training on CUDA is not implemented yet).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Steps between progress lines when stderr is not a terminal.
+    #[arg(long, default_value_t = 10)]
+    pub log_every: u64,
+    /// No progress output.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// The run directory of `--resume PATH`: PATH itself, or the run holding
+/// PATH when PATH is one of its checkpoints (`OUT/checkpoints/step-N`).
+pub fn run_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if p.file_name().is_some_and(|n| n == "checkpoints") => {
+            p.parent().map_or_else(|| PathBuf::from("."), PathBuf::from)
+        }
+        _ => path.to_path_buf(),
+    }
+}
+
+impl TrainArgs {
+    /// The output directory (`--out`, or the run `--resume` names), after
+    /// checking the flags that need no data: the device, the accumulation.
+    pub fn out_dir(&self, what: &str) -> Result<PathBuf> {
+        let out = match (&self.out, &self.resume) {
+            (Some(o), _) => o.clone(),
+            (None, Some(r)) => run_dir(r),
+            (None, None) => bail!("--out DIR is required (or --resume DIR to continue a run)"),
+        };
+        let device = Device::parse(&self.device)?;
+        if device != Device::Cpu {
+            bail!(
+                "--device {device}: {what} runs on the CPU for now (backward through the model \
+                 is not on the GPU yet); CUDA serves `embed` and `eval`"
+            );
+        }
+        if self.grad_accum == 0 {
+            bail!("--grad-accum must be at least 1");
+        }
+        Ok(out)
+    }
+
+    /// Steps of the run: --steps, or --epochs (default 1) of `steps_per_epoch(e)`.
+    pub fn steps(&self, steps_for_epochs: impl FnOnce(f64) -> u64) -> u64 {
+        match (self.steps, self.epochs) {
+            (Some(s), _) => s,
+            (None, e) => steps_for_epochs(e.unwrap_or(1.0)),
+        }
+    }
+
+    /// The peak learning rate, this stage's default unless given.
+    pub fn lr(&self, d: &StageDefaults) -> f64 {
+        self.lr.unwrap_or(d.lr)
+    }
+
+    /// The trainer's configuration for `steps` steps into `out`.
+    pub fn config(&self, out: &Path, steps: u64, d: &StageDefaults) -> TrainConfig {
+        let warmup = self.warmup.unwrap_or(d.warmup);
+        let lr = self.lr(d);
+        if warmup >= steps && warmup > 0 {
+            eprintln!(
+                "note: --warmup {warmup} >= {steps} steps: the learning rate never reaches --lr \
+                 {lr} (pass a smaller --warmup)"
+            );
+        }
+        let schedule = Schedule {
+            lr,
+            warmup_steps: warmup,
+            warmup_init_lr: self.warmup_init_lr,
+            total_steps: self.schedule_steps.unwrap_or(steps),
+            decay: self.decay,
+            min_lr: 0.0,
+        };
+        let clip = self.clip.unwrap_or(d.clip);
+        let mut tc = TrainConfig::new(out, steps, schedule);
+        tc.grad_accum = self.grad_accum;
+        tc.clip = (clip > 0.0).then_some(clip);
+        tc.adamw = AdamWConfig {
+            weight_decay: self.weight_decay.unwrap_or(d.weight_decay),
+            ..AdamWConfig::default()
+        };
+        tc.save_every = self.save_every;
+        tc.keep_checkpoints = self.keep_checkpoints;
+        tc.seed = self.seed;
+        tc.log_every = self.log_every;
+        tc.progress = !self.quiet;
+        tc
+    }
+
+    /// Runs `task` under `tc`, resuming when asked, and reports the outcome.
+    pub fn run<T: Task>(&self, task: &mut T, tc: &TrainConfig) -> Result<TrainSummary> {
+        let summary = match train(task, tc, self.resume.as_deref()) {
+            Ok(s) => s,
+            Err(e @ TrainError::NonFinite { .. }) => bail!(
+                "{e}\nLower --lr or raise --warmup, then rerun with --resume from that checkpoint"
+            ),
+            Err(e) => return Err(e.into()),
+        };
+        eprintln!(
+            "done: {} steps ({} this run) in {:.1} s, {:.3} steps/s, {:.0} tokens/s, final loss \
+             {:.4}, peak RSS {}; adapters in {}",
+            summary.steps,
+            summary.steps_run,
+            summary.elapsed.as_secs_f64(),
+            summary.steps_per_s,
+            summary.tokens_per_s,
+            summary.final_loss,
+            crate::rss::peak_rss_text(),
+            tc.out_dir.display()
+        );
+        Ok(summary)
+    }
+}
