@@ -105,8 +105,33 @@ fn precomputed(dir: &Path, name: &str, task: &Task) -> Result<Vec<Vec<f32>>> {
     Ok(rows)
 }
 
-/// Runs the command.
+/// Scores of one evaluation: per task, its scores (main metric first) and
+/// seconds; and the same as the `--json` document.
+#[derive(Debug)]
+pub struct Evaluation {
+    /// (task, scores, seconds) in task-list order.
+    pub results: Vec<(String, Vec<Score>, f64)>,
+    /// The `--json` document.
+    pub doc: serde_json::Value,
+}
+
+/// Runs the command: scores, a table on stdout, and the JSON when asked.
 pub fn run(args: &Args) -> Result<()> {
+    let Some(ev) = evaluate(args)? else {
+        return Ok(());
+    };
+    out!("{:<22} {:<12} {:>7}", "task", "metric", "score")?;
+    for (name, scores, _) in &ev.results {
+        for s in scores {
+            out!("{name:<22} {:<12} {:>7.2}", s.metric, s.value)?;
+        }
+    }
+    Ok(())
+}
+
+/// Evaluates as `args` says and returns the scores as the `--json` document
+/// (also written there when given); `None` after `--list-texts`.
+pub fn evaluate(args: &Args) -> Result<Option<Evaluation>> {
     if args.model.is_none() && args.embeddings.is_none() && args.list_texts.is_none() {
         bail!("say what to evaluate: --model M, --embeddings DIR, or --list-texts DIR");
     }
@@ -149,7 +174,7 @@ pub fn run(args: &Args) -> Result<()> {
             write_atomic(&path, body.as_bytes())?;
             eprintln!("wrote {} ({} texts)", path.display(), task.texts().len());
         }
-        return Ok(());
+        return Ok(None);
     }
 
     let mut cache = encoder.as_ref().map(|e| {
@@ -158,7 +183,7 @@ pub fn run(args: &Args) -> Result<()> {
             task: String::new(),
         })
     });
-    let mut results: Vec<(&str, Vec<Score>, f64)> = Vec::new();
+    let mut results: Vec<(String, Vec<Score>, f64)> = Vec::new();
     for (name, task) in &tasks {
         let start = Instant::now();
         let scores = match (&args.embeddings, cache.as_mut()) {
@@ -175,16 +200,10 @@ pub fn run(args: &Args) -> Result<()> {
             "{name}: {} = {:.2} ({secs:.1} s)",
             scores[0].metric, scores[0].value
         );
-        results.push((name, scores, secs));
+        results.push((name.to_string(), scores, secs));
     }
 
-    out!("{:<22} {:<12} {:>7}", "task", "metric", "score")?;
-    for (name, scores, _) in &results {
-        for s in scores {
-            out!("{name:<22} {:<12} {:>7.2}", s.metric, s.value)?;
-        }
-    }
-    if let Some(path) = &args.json {
+    {
         let mut per_task = serde_json::Map::new();
         for (name, scores, secs) in &results {
             let mut m = serde_json::Map::new();
@@ -194,7 +213,7 @@ pub fn run(args: &Args) -> Result<()> {
                 m.insert(s.metric.into(), s.value.into());
             }
             m.insert("seconds".into(), (*secs).into());
-            per_task.insert(name.to_string(), m.into());
+            per_task.insert(name.clone(), m.into());
         }
         let source = match (&args.embeddings, &args.model) {
             (Some(d), _) => serde_json::json!({"embeddings": d.display().to_string()}),
@@ -211,10 +230,12 @@ pub fn run(args: &Args) -> Result<()> {
             "limit": args.limit,
             "tasks": per_task,
         });
-        let mut bytes = serde_json::to_vec_pretty(&doc)?;
-        bytes.push(b'\n');
-        write_atomic(path, &bytes)?;
-        eprintln!("wrote {}", path.display());
+        if let Some(path) = &args.json {
+            let mut bytes = serde_json::to_vec_pretty(&doc)?;
+            bytes.push(b'\n');
+            write_atomic(path, &bytes)?;
+            eprintln!("wrote {}", path.display());
+        }
+        Ok(Some(Evaluation { results, doc }))
     }
-    Ok(())
 }

@@ -9,6 +9,7 @@ mod eval;
 mod info;
 mod merge;
 mod npy;
+mod pipeline;
 mod pretrain;
 mod rss;
 mod selftest;
@@ -62,6 +63,10 @@ enum Command {
     /// Train a contrastive stage (LLM2Comp stage 2, unsup SimCSE, or 3, sup
     /// triples) on top of the previous stage's adapter.
     Contrast(Box<contrast::Args>),
+    /// The whole method in one resumable command: pretext, unsupervised and
+    /// supervised contrastive stages, and the evaluation suite before and
+    /// after each (results.json, results.md).
+    Pipeline(Box<pipeline::Args>),
 }
 
 fn main() -> Result<()> {
@@ -75,6 +80,7 @@ fn main() -> Result<()> {
         Command::Merge(args) => merge::run(&args),
         Command::Pretrain(args) => pretrain::run(&args, threads),
         Command::Contrast(args) => contrast::run(&args, threads),
+        Command::Pipeline(args) => pipeline::run(&args, threads),
     };
     match result {
         Err(e) if broken_pipe(&e) => Ok(()),

@@ -241,6 +241,35 @@ fn embed(model: &Path, adapter: &Path, input: &Path, out: &Path) -> Vec<u8> {
     std::fs::read(out).unwrap()
 }
 
+/// Triples from the passages: query = a passage's first two words,
+/// positive = the rest, negative = the next passage.
+fn triples(tmp: &Path, data: &Path) -> PathBuf {
+    let lines: Vec<String> = std::fs::read_to_string(data)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .filter(|l| l.split(' ').count() >= 4)
+        .collect();
+    let triples: String = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let words: Vec<&str> = l.split(' ').collect();
+            let neg = &lines[(i + 1) % lines.len()];
+            serde_json::json!({
+                "query": words[..2].join(" "),
+                "positive": words[2..].join(" "),
+                "negative": neg,
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    let tri = tmp.join("triples.jsonl");
+    std::fs::write(&tri, triples).unwrap();
+    tri
+}
+
 #[test]
 fn the_three_stages_chain_and_each_adapter_embeds_alone() {
     let tmp = tempfile::tempdir().unwrap();
@@ -264,31 +293,7 @@ fn the_three_stages_chain_and_each_adapter_embeds_alone() {
     );
     assert_eq!(m["parent"].as_str(), pre.to_str());
 
-    // Supervised triples from the passages: query = a passage's first
-    // words, positive = the rest, negative = the next passage.
-    let lines: Vec<String> = std::fs::read_to_string(&data)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .filter(|l| l.split(' ').count() >= 4)
-        .collect();
-    let triples: String = lines
-        .iter()
-        .enumerate()
-        .map(|(i, l)| {
-            let words: Vec<&str> = l.split(' ').collect();
-            let neg = &lines[(i + 1) % lines.len()];
-            serde_json::json!({
-                "query": words[..2].join(" "),
-                "positive": words[2..].join(" "),
-                "negative": neg,
-            })
-            .to_string()
-                + "\n"
-        })
-        .collect();
-    let tri = tmp.path().join("triples.jsonl");
-    std::fs::write(&tri, triples).unwrap();
+    let tri = triples(tmp.path(), &data);
     let scl = tmp.path().join("scl");
     let o = contrast(
         &model,
@@ -371,4 +376,98 @@ fn contrast_refuses_bad_settings_and_data_clearly() {
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+fn the_pipeline_runs_every_stage_then_continues_without_redoing_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = (model_dir(tmp.path()), data(tmp.path()));
+    let tri = triples(tmp.path(), &data);
+    let eval_dir = tmp.path().join("eval-data");
+    std::fs::create_dir_all(eval_dir.join("sts/stsb")).unwrap();
+    std::fs::write(
+        eval_dir.join("sts/stsb/test.tsv"),
+        "score\tsentence1\tsentence2\n4.5\tthe cat sat\tthe cat sat down\n\
+         3\tblue sea\tgreen sea\n1\tdog run fast\tstar city night\n0.5\train\tbook\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("run");
+    let run = || {
+        llm2comp(&[
+            "--threads",
+            "1",
+            "pipeline",
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--pretrain-data",
+            data.to_str().unwrap(),
+            "--pretrain-steps",
+            "2",
+            "--ucl-data",
+            data.to_str().unwrap(),
+            "--ucl-steps",
+            "2",
+            "--ucl-batch-size",
+            "3",
+            "--scl-data",
+            tri.to_str().unwrap(),
+            "--scl-steps",
+            "2",
+            "--scl-batch-size",
+            "3",
+            "--mini-batch",
+            "2",
+            "--memory-tokens",
+            "2",
+            "--lora-r",
+            "4",
+            "--max-length",
+            "24",
+            "--eval-tasks",
+            "stsb",
+            "--eval-data-dir",
+            eval_dir.to_str().unwrap(),
+            "--pretrain-args",
+            "--lr 1e-3 --quiet",
+            "--ucl-args",
+            "--quiet",
+            "--scl-args",
+            "--quiet",
+        ])
+    };
+    let o = run();
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in [
+        "1-pretext/llm2comp.json",
+        "2-ucl/llm2comp.json",
+        "3-scl/llm2comp.json",
+        "eval/base.json",
+        "eval/pretext.json",
+        "eval/ucl.json",
+        "eval/scl.json",
+        "results.md",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let results = std::fs::read_to_string(out.join("results.json")).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&results).unwrap();
+    let rows = doc["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    for r in rows {
+        assert!(r["scores"]["stsb"]["main_score"].is_f64(), "{r}");
+    }
+    let table = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(table.contains("+ SCL") && table.contains("stsb"), "{table}");
+    assert_eq!(losses(&out.join("3-scl")).len(), 2);
+
+    // The same command again: every stage is found complete, nothing retrains.
+    let o = run();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("reusing"), "{}", stderr(&o));
+    assert_eq!(losses(&out.join("2-ucl")).len(), 2);
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(again["rows"], doc["rows"]);
 }
