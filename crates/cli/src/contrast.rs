@@ -11,7 +11,6 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use llm2comp_backbone::model;
 use llm2comp_compress::Exporter;
 use llm2comp_contrast::data::{parse_triples, tokenize_triples};
 use llm2comp_contrast::{ContrastConfig, ContrastData, ContrastTask, Encoder, chain_stage};
@@ -127,14 +126,7 @@ pub fn run(args: &Args, threads: usize) -> Result<()> {
     let attn = args.attn_dropout.unwrap_or(attn);
     let lora_dropout = args.lora_dropout.unwrap_or(lora_dropout);
 
-    let tokenizer = model::load_tokenizer(&args.model)
-        .with_context(|| format!("loading the tokenizer of {}", args.model.display()))?;
-    let mut transformer = model::load_transformer(&args.model)
-        .with_context(|| format!("loading {}", args.model.display()))?;
-    let bos = tokenizer
-        .bos_id()
-        .or(transformer.config().bos_token_id)
-        .context("the model has no BOS token (neither the tokenizer nor config.json names one)")?;
+    let (tokenizer, mut transformer, bos) = crate::train_args::load_base(&args.model)?;
     let chained = chain_stage(&mut transformer, &args.adapter, lora_dropout, t.seed)
         .with_context(|| format!("continuing from the adapter {}", args.adapter.display()))?;
     let k = chained.meta.memory_tokens;

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use llm2comp_backbone::{LoraConfig, LoraTarget, model};
+use llm2comp_backbone::{LoraConfig, LoraTarget};
 use llm2comp_compress::{
     CompressConfig, CompressionTask, Compressor, Corpus, DataOptions, Objective, TrainEmbeddings,
 };
@@ -130,14 +130,7 @@ pub fn run(args: &Args, threads: usize) -> Result<()> {
     };
 
     let input = texts::read(&args.data, args.format, &args.text_field, true)?;
-    let tokenizer = model::load_tokenizer(&args.model)
-        .with_context(|| format!("loading the tokenizer of {}", args.model.display()))?;
-    let transformer = model::load_transformer(&args.model)
-        .with_context(|| format!("loading {}", args.model.display()))?;
-    let bos = tokenizer
-        .bos_id()
-        .or(transformer.config().bos_token_id)
-        .context("the model has no BOS token (neither the tokenizer nor config.json names one)")?;
+    let (tokenizer, transformer, bos) = crate::train_args::load_base(&args.model)?;
     let data_opts = DataOptions {
         min_chars: args.min_chars,
         max_tokens: args.max_tokens,

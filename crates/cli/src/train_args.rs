@@ -8,7 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+use llm2comp_backbone::{Tokenizer, Transformer, model};
 use llm2comp_tensor::Device;
 use llm2comp_tensor::ops::adamw::AdamWConfig;
 use llm2comp_train::{Decay, Schedule, Task, TrainConfig, TrainError, TrainSummary, train};
@@ -88,6 +89,20 @@ pub struct TrainArgs {
     /// No progress output.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// The base model a training stage starts from: its tokenizer, its weights
+/// and its BOS id (the tokenizer's, else config.json's).
+pub fn load_base(path: &Path) -> Result<(Tokenizer, Transformer, u32)> {
+    let tokenizer = model::load_tokenizer(path)
+        .with_context(|| format!("loading the tokenizer of {}", path.display()))?;
+    let transformer =
+        model::load_transformer(path).with_context(|| format!("loading {}", path.display()))?;
+    let bos = tokenizer
+        .bos_id()
+        .or(transformer.config().bos_token_id)
+        .context("the model has no BOS token (neither the tokenizer nor config.json names one)")?;
+    Ok((tokenizer, transformer, bos))
 }
 
 /// The run directory of `--resume PATH`: PATH itself, or the run holding
