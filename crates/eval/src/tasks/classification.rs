@@ -9,9 +9,12 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use rayon::prelude::*;
+
 use super::text_list::TextList;
 use super::tsv::read_tsv;
 use super::{Score, subsample};
+
 use crate::Result;
 use crate::metrics::f1::{accuracy, macro_f1};
 use crate::metrics::kmeans::SplitMix64;
@@ -108,16 +111,24 @@ impl Classification {
     pub fn score(&self, emb: &[Vec<f32>]) -> Result<Vec<Score>> {
         let test_x: Vec<Vec<f32>> = self.test.iter().map(|&(t, _)| emb[t].clone()).collect();
         let test_y: Vec<usize> = self.test.iter().map(|&(_, l)| l).collect();
+        // The experiments are independent fits: one per thread, summed in
+        // experiment order afterwards so the score does not depend on timing.
+        let per: Vec<(f64, f64)> = (0..EXPERIMENTS)
+            .into_par_iter()
+            .map(|e| {
+                let rows = self.draw(e);
+                let x: Vec<Vec<f32>> = rows.iter().map(|&(t, _)| emb[t].clone()).collect();
+                let y: Vec<usize> = rows.iter().map(|&(_, l)| l).collect();
+                let model =
+                    LogisticRegression::fit(&x, &y, self.labels.len(), &LogRegOptions::default())?;
+                let pred = model.predict(&test_x)?;
+                Ok((accuracy(&test_y, &pred)?, macro_f1(&test_y, &pred)?))
+            })
+            .collect::<Result<_>>()?;
         let (mut acc, mut f1) = (0.0, 0.0);
-        for e in 0..EXPERIMENTS {
-            let rows = self.draw(e);
-            let x: Vec<Vec<f32>> = rows.iter().map(|&(t, _)| emb[t].clone()).collect();
-            let y: Vec<usize> = rows.iter().map(|&(_, l)| l).collect();
-            let model =
-                LogisticRegression::fit(&x, &y, self.labels.len(), &LogRegOptions::default())?;
-            let pred = model.predict(&test_x)?;
-            acc += accuracy(&test_y, &pred)?;
-            f1 += macro_f1(&test_y, &pred)?;
+        for (a, f) in per {
+            acc += a;
+            f1 += f;
         }
         let n = EXPERIMENTS as f64;
         Ok(vec![
