@@ -5,8 +5,9 @@
 //! an `llm2comp.json`), each text becomes `[BOS] text <mem_0> .. <mem_k-1>`,
 //! the text truncated so the whole fits `--max-length`, and the embedding is
 //! the mean of the k memory positions under bidirectional attention: what the
-//! compression encoder was trained to do. The adapter's LoRA is merged into
-//! the weights at load (on a GPU, before the copy). Both commands share this one path,
+//! compression encoder was trained to do. The adapter's LoRA runs as a side
+//! path on the CPU; for a GPU it is merged into the weights before the copy
+//! (LoRA side paths do not run on CUDA). Both commands share this one path,
 //! so what `eval` scores is exactly what `embed` writes.
 
 use std::io::IsTerminal;
@@ -165,15 +166,17 @@ impl ModelEncoder {
             .with_context(|| format!("loading the tokenizer of {}", args.model.display()))?;
         let mut transformer = model::load_transformer(&args.model)
             .with_context(|| format!("loading {}", args.model.display()))?;
+        let mut lora = false;
         let meta: Option<AdapterMeta> = match &args.adapter {
             Some(dir) => {
                 let meta = llm2comp_backbone::load_adapter(dir, &mut transformer)
                     .with_context(|| format!("loading the adapter {}", dir.display()))?;
-                // Merged weights are the same model (up to rounding) without
-                // the side paths' extra small GEMMs per projection, which
-                // also run on the CPU only. The base weights are this
-                // model's own, so merging copies nothing.
-                transformer.merge_lora().context("merging the adapter")?;
+                if device == Device::Cpu {
+                    lora = true;
+                } else {
+                    // LoRA side paths run on the CPU only; merged weights are the same model.
+                    transformer.merge_lora().context("merging the adapter")?;
+                }
                 Some(meta)
             }
             None => merged,
@@ -227,7 +230,7 @@ impl ModelEncoder {
         let opts = EmbedOptions {
             pooling,
             causal: attention == AttentionArg::Causal,
-            lora: false,
+            lora,
             normalize: args.normalize,
             token_budget: args.max_batch_tokens,
             batch_size: args.batch_size,
