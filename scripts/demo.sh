@@ -23,6 +23,6 @@ GGUF=$(bash scripts/fetch-smollm2.sh)
 exec target/release/llm2comp pipeline --model "$GGUF" --out "$OUT" \
     --max-length 128 \
     --pretrain-steps 30 --pretrain-args "--log-every 5" \
-    --ucl-steps 8 --ucl-batch-size 16 --mini-batch 16 --ucl-args "--lr 1e-4 --log-every 2" \
+    --ucl-steps 5 --ucl-batch-size 16 --mini-batch 16 --ucl-args "--lr 1e-4 --log-every 2" \
     --scl-steps 8 --scl-batch-size 16 --scl-args "--lr 1e-4 --warmup 2 --log-every 2" \
     --eval-tasks stsb,sickr --eval-limit 200
