@@ -411,11 +411,11 @@ pub fn run(args: &Args, threads: usize) -> Result<()> {
         let t0 = Instant::now();
         let mut attn = AttentionOpts::new(HEAD_DIM, true);
         if args.attn_dropout > 0.0 {
-            attn.dropout = Some(DropoutMask {
-                p: args.attn_dropout,
-                seed: args.seed.wrapping_add(t as u64),
-                offset: 0,
-            });
+            attn.dropout = Some(DropoutMask::new(
+                args.attn_dropout,
+                args.seed.wrapping_add(t as u64),
+                0,
+            ));
         }
         let loss = step(&p, &b, &rope_table, &attn, Some(&mut grads), &mut tm)
             .with_context(|| format!("step {t}"))?;

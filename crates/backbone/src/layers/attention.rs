@@ -35,7 +35,7 @@ pub struct Attention {
 }
 
 /// Everything one attention call needs besides x.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct AttentionCall<'a> {
     /// Each token's position (restarting at 0 per sequence).
     pub positions: &'a [u32],
@@ -48,7 +48,7 @@ pub struct AttentionCall<'a> {
     /// Dropout on the attention probabilities.
     pub dropout: Option<DropoutMask>,
     /// Side-path settings of q, k, v, o.
-    pub proj: [LinearCall; 4],
+    pub proj: [LinearCall<'a>; 4],
 }
 
 /// What [`Attention::backward`] needs besides x.
@@ -121,7 +121,7 @@ impl Attention {
 
     fn opts(&self, call: &AttentionCall) -> AttentionOpts {
         AttentionOpts {
-            dropout: call.dropout,
+            dropout: call.dropout.clone(),
             ..AttentionOpts::new(self.head_dim, call.causal)
         }
     }

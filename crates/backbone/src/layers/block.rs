@@ -7,7 +7,7 @@
 //! Hidden dropout masks each branch's output before its residual addition;
 //! backward applies the same mask to the branch's share of the gradient.
 
-use llm2comp_tensor::ops::dropout::{self, DropoutMask};
+use llm2comp_tensor::ops::dropout::{self, DropoutMask, SeqKeys};
 use llm2comp_tensor::ops::residual;
 use llm2comp_tensor::ops::rope::RopeTable;
 use llm2comp_tensor::{Result, Tensor};
@@ -33,10 +33,12 @@ pub struct Block {
 }
 
 /// The batch-level inputs every block of one pass shares.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BlockCall<'a> {
     /// The pass's mask, LoRA switch and dropout seed.
-    pub pass: Pass,
+    pub pass: &'a Pass,
+    /// The pass's per-sequence dropout streams over this call (`Pass::seq_keys`).
+    pub keys: Option<&'a SeqKeys>,
     /// This block's index (for distinct dropout masks).
     pub layer: usize,
     /// Each token's position.
@@ -91,9 +93,10 @@ const ATTN_OUT_DROPOUT_SLOT: u64 = 101;
 const MLP_OUT_DROPOUT_SLOT: u64 = 102;
 
 impl BlockCall<'_> {
-    fn linear(&self, target: LoraTarget) -> LinearCall {
+    fn linear(&self, target: LoraTarget) -> LinearCall<'_> {
         LinearCall {
             lora: self.pass.lora,
+            dropout_keys: self.keys,
             dropout_seed: self
                 .pass
                 .dropout_seed
@@ -104,11 +107,10 @@ impl BlockCall<'_> {
     fn attention(&self) -> AttentionCall<'_> {
         use LoraTarget::*;
         let dropout = match self.pass.dropout_seed {
-            Some(s) if self.pass.attn_dropout > 0.0 => Some(DropoutMask {
-                p: self.pass.attn_dropout,
-                seed: sub_seed(s, self.layer, ATTN_DROPOUT_SLOT),
-                offset: 0,
-            }),
+            Some(s) if self.pass.attn_dropout > 0.0 => Some(self.mask(
+                self.pass.attn_dropout,
+                sub_seed(s, self.layer, ATTN_DROPOUT_SLOT),
+            )),
             _ => None,
         };
         AttentionCall {
@@ -129,16 +131,19 @@ impl BlockCall<'_> {
     /// The hidden-dropout mask of the branch in `slot`, when there is one.
     fn hidden_mask(&self, slot: u64) -> Option<DropoutMask> {
         match self.pass.dropout_seed {
-            Some(s) if self.pass.hidden_dropout > 0.0 => Some(DropoutMask {
-                p: self.pass.hidden_dropout,
-                seed: sub_seed(s, self.layer, slot),
-                offset: 0,
-            }),
+            Some(s) if self.pass.hidden_dropout > 0.0 => {
+                Some(self.mask(self.pass.hidden_dropout, sub_seed(s, self.layer, slot)))
+            }
             _ => None,
         }
     }
 
-    fn mlp(&self) -> MlpCall {
+    /// A mask of rate `p` on stream `seed`, per sequence when the pass is keyed.
+    fn mask(&self, p: f32, seed: u64) -> DropoutMask {
+        DropoutMask::new(p, seed, 0).with_keys(self.keys.cloned())
+    }
+
+    fn mlp(&self) -> MlpCall<'_> {
         MlpCall {
             gate: self.linear(LoraTarget::Gate),
             up: self.linear(LoraTarget::Up),
@@ -236,7 +241,7 @@ impl Block {
             None => (None, None),
         };
         let dm = match call.hidden_mask(MLP_OUT_DROPOUT_SLOT) {
-            Some(mask) => std::borrow::Cow::Owned(dropout::backward(dy, mask)?),
+            Some(mask) => std::borrow::Cow::Owned(dropout::backward(dy, &mask)?),
             None => std::borrow::Cow::Borrowed(dy),
         };
         let dn2 = self.mlp.backward(&dm, &cache.n2, &cache.mlp, gm)?;
@@ -246,7 +251,7 @@ impl Block {
             .backward(&dn2, &cache.x1, &cache.norm2, None)?;
         residual::add_into(&mut dx1, &d)?;
         let da = match call.hidden_mask(ATTN_OUT_DROPOUT_SLOT) {
-            Some(mask) => std::borrow::Cow::Owned(dropout::backward(&dx1, mask)?),
+            Some(mask) => std::borrow::Cow::Owned(dropout::backward(&dx1, &mask)?),
             None => std::borrow::Cow::Borrowed(&dx1),
         };
         let dn1 = self
@@ -262,7 +267,7 @@ impl Block {
 /// `x` with the hidden-dropout mask applied, when there is one.
 fn hidden_dropout(x: Tensor, mask: Option<DropoutMask>) -> Result<Tensor> {
     match mask {
-        Some(m) => dropout::forward(&x, m),
+        Some(m) => dropout::forward(&x, &m),
         None => Ok(x),
     }
 }
@@ -301,9 +306,16 @@ mod tests {
             Pass::bidirectional()
                 .with_dropout(11, 0.1)
                 .with_hidden_dropout(0.25),
+            // One stream per sequence.
+            Pass::bidirectional()
+                .with_dropout(13, 0.2)
+                .with_hidden_dropout(0.2)
+                .with_dropout_keys(&[5, 6]),
         ] {
+            let keys = pass.seq_keys(&cu).unwrap();
             let call = BlockCall {
-                pass,
+                pass: &pass,
+                keys: keys.as_ref(),
                 layer: 1,
                 positions: &positions,
                 cu_seqlens: &cu,

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use llm2comp_tensor::ops::dropout::{self, DropoutMask};
+use llm2comp_tensor::ops::dropout::{self, DropoutMask, SeqKeys};
 use llm2comp_tensor::ops::{matmul, residual};
 use llm2comp_tensor::{DType, Result, Tensor, TensorError};
 
@@ -20,18 +20,21 @@ const OP: &str = "Linear";
 
 /// How one call uses the side path.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LinearCall {
+pub struct LinearCall<'a> {
     /// Add the LoRA side path (when the layer has one).
     pub lora: bool,
     /// Seed of the LoRA-input dropout mask; `None`: no dropout.
     pub dropout_seed: Option<u64>,
+    /// Per-sequence mask streams over the input's rows (`Pass::dropout_keys`).
+    pub dropout_keys: Option<&'a SeqKeys>,
 }
 
-impl LinearCall {
+impl LinearCall<'_> {
     /// The base projection only.
     pub const BASE: Self = Self {
         lora: false,
         dropout_seed: None,
+        dropout_keys: None,
     };
 }
 
@@ -168,16 +171,17 @@ impl Linear {
 
     fn mask(&self, call: LinearCall) -> Option<DropoutMask> {
         match (&self.lora, call.dropout_seed) {
-            (Some(l), Some(seed)) if l.dropout > 0.0 => Some(DropoutMask {
-                p: l.dropout,
-                seed,
-                offset: 0,
-            }),
+            (Some(l), Some(seed)) if l.dropout > 0.0 => {
+                Some(DropoutMask::new(l.dropout, seed, 0).with_keys(call.dropout_keys.cloned()))
+            }
             _ => None,
         }
     }
 
-    fn lora_input(x: &Tensor, mask: Option<DropoutMask>) -> Result<std::borrow::Cow<'_, Tensor>> {
+    fn lora_input<'x>(
+        x: &'x Tensor,
+        mask: Option<&DropoutMask>,
+    ) -> Result<std::borrow::Cow<'x, Tensor>> {
         Ok(match mask {
             Some(m) => std::borrow::Cow::Owned(dropout::forward(x, m)?),
             None => std::borrow::Cow::Borrowed(x),
@@ -193,7 +197,7 @@ impl Linear {
         let side = match (&self.lora, call.lora) {
             (Some(lora), true) => {
                 let mask = self.mask(call);
-                let xd = Self::lora_input(x, mask)?;
+                let xd = Self::lora_input(x, mask.as_ref())?;
                 let mut h = matmul::linear_forward(&xd, &lora.a)?;
                 scale_in_place(&mut h, lora.scale)?;
                 residual::add_into(&mut y, &matmul::linear_forward(&h, &lora.b)?)?;
@@ -223,14 +227,14 @@ impl Linear {
         // g = scale·dy·B: the gradient w.r.t. dropout(x)·Aᵀ.
         let mut g = matmul::linear_backward_input(dy, &lora.b)?;
         scale_in_place(&mut g, lora.scale)?;
-        let xd = Self::lora_input(x, *mask)?;
+        let xd = Self::lora_input(x, mask.as_ref())?;
         if let Some(gr) = grads {
             matmul::linear_backward_weight(dy, h, &mut gr.b)?;
             matmul::linear_backward_weight(&g, &xd, &mut gr.a)?;
         }
         let dxd = matmul::linear_backward_input(&g, &lora.a)?;
         let dxl = match mask {
-            Some(m) => dropout::backward(&dxd, *m)?,
+            Some(m) => dropout::backward(&dxd, m)?,
             None => dxd,
         };
         residual::add_into(&mut dx, &dxl)?;
@@ -275,6 +279,7 @@ mod tests {
                 LinearCall {
                     lora: true,
                     dropout_seed: None,
+                    dropout_keys: None,
                 },
             )
             .unwrap();
@@ -309,6 +314,7 @@ mod tests {
         let on = LinearCall {
             lora: true,
             dropout_seed: None,
+            dropout_keys: None,
         };
         let (y_side, _) = l.forward(&x, on).unwrap();
         let mut merged = l.clone();
@@ -337,6 +343,7 @@ mod tests {
             let call = LinearCall {
                 lora: true,
                 dropout_seed: Some(11),
+                dropout_keys: None,
             };
             let w = rand_tensor(&[4, 5], 8, 1.0);
             let (_, cache) = l.forward(&x, call).unwrap();
@@ -386,6 +393,7 @@ mod tests {
                 LinearCall {
                     lora: true,
                     dropout_seed: None,
+                    dropout_keys: None,
                 },
             )
             .unwrap();

@@ -27,13 +27,13 @@ pub struct Mlp {
 
 /// The per-call side-path settings of each projection.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct MlpCall {
+pub struct MlpCall<'a> {
     /// gate_proj's call.
-    pub gate: LinearCall,
+    pub gate: LinearCall<'a>,
     /// up_proj's call.
-    pub up: LinearCall,
+    pub up: LinearCall<'a>,
     /// down_proj's call.
-    pub down: LinearCall,
+    pub down: LinearCall<'a>,
 }
 
 /// Activations the backward needs (the input x is kept by the caller).
@@ -193,6 +193,7 @@ mod tests {
             up: LinearCall {
                 lora: true,
                 dropout_seed: Some(3),
+                dropout_keys: None,
             },
             ..base
         };

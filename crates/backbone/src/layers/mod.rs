@@ -20,6 +20,10 @@
 //!
 //! [`Transformer::to_device`]: transformer::Transformer::to_device
 
+use std::sync::Arc;
+
+use llm2comp_tensor::ops::dropout::SeqKeys;
+
 pub mod attention;
 pub mod block;
 pub mod embedding;
@@ -36,7 +40,7 @@ pub(crate) mod grad_check;
 
 /// How one forward call runs: the mask, whether LoRA side paths apply, and
 /// dropout (training passes only).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Pass {
     /// Causal (decoder, teacher) or bidirectional (the compression encoder).
     pub causal: bool,
@@ -44,6 +48,11 @@ pub struct Pass {
     pub lora: bool,
     /// Seed of this pass's dropout masks; `None` disables all dropout (evaluation).
     pub dropout_seed: Option<u64>,
+    /// One key per packed sequence: each sequence's masks then derive from
+    /// (seed, layer, key) and its own positions only, so a text is dropped
+    /// the same whether it shares the call with others or runs alone (what
+    /// packed GradCache needs). `None`: one stream per call.
+    pub dropout_keys: Option<Arc<[u64]>>,
     /// Dropout probability on attention probabilities, applied only with a seed.
     pub attn_dropout: f32,
     /// Dropout probability on each residual branch's output (the attention
@@ -62,6 +71,7 @@ impl Pass {
             causal: true,
             lora: false,
             dropout_seed: None,
+            dropout_keys: None,
             attn_dropout: 0.0,
             hidden_dropout: 0.0,
             checkpoint: false,
@@ -88,6 +98,23 @@ impl Pass {
             dropout_seed: Some(seed),
             attn_dropout,
             ..self
+        }
+    }
+
+    /// This pass with one dropout stream per packed sequence (`keys[s]` for
+    /// sequence s; the forward call errors unless there is one per sequence).
+    pub fn with_dropout_keys(self, keys: &[u64]) -> Self {
+        Self {
+            dropout_keys: Some(keys.into()),
+            ..self
+        }
+    }
+
+    /// The per-sequence streams of a call over `cu_seqlens`, when keyed.
+    pub(crate) fn seq_keys(&self, cu_seqlens: &[u32]) -> llm2comp_tensor::Result<Option<SeqKeys>> {
+        match (&self.dropout_keys, self.dropout_seed) {
+            (Some(k), Some(_)) => SeqKeys::new(cu_seqlens, k).map(Some),
+            _ => Ok(None),
         }
     }
 

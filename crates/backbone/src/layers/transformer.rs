@@ -366,12 +366,14 @@ impl Transformer {
             .max()
             .unwrap_or(0);
         let rope = self.rope(longest as usize)?;
+        let keys = pass.seq_keys(cu_seqlens)?;
         let mut inputs = Vec::with_capacity(self.blocks.len() + 1);
         let mut caches = Vec::new();
         let mut x = x;
         for (layer, block) in self.blocks.iter().enumerate() {
             let call = BlockCall {
-                pass: *pass,
+                pass,
+                keys: keys.as_ref(),
                 layer,
                 positions: &positions,
                 cu_seqlens,
@@ -391,7 +393,7 @@ impl Transformer {
                 ids,
                 cu_seqlens: cu_seqlens.to_vec(),
                 positions,
-                pass: *pass,
+                pass: pass.clone(),
                 rope,
                 inputs,
                 blocks: caches,
@@ -410,9 +412,11 @@ impl Transformer {
             .max()
             .unwrap_or(0);
         let rope = self.rope(longest as usize)?;
+        let keys = pass.seq_keys(cu_seqlens)?;
         for (layer, block) in self.blocks.iter().enumerate() {
             let call = BlockCall {
-                pass: *pass,
+                pass,
+                keys: keys.as_ref(),
                 layer,
                 positions: &positions,
                 cu_seqlens,
@@ -461,9 +465,11 @@ impl Transformer {
         }
         let dnorm = grads.as_deref_mut().and_then(|g| g.final_norm.as_mut());
         let mut dx = self.norm.backward(dhidden, last, &cache.norm, dnorm)?;
+        let keys = cache.pass.seq_keys(&cache.cu_seqlens)?;
         for (layer, block) in self.blocks.iter().enumerate().rev() {
             let call = BlockCall {
-                pass: cache.pass,
+                pass: &cache.pass,
+                keys: keys.as_ref(),
                 layer,
                 positions: &cache.positions,
                 cu_seqlens: &cache.cu_seqlens,

@@ -266,8 +266,8 @@ fn checkpointing_and_infer_agree_with_the_full_cache() {
         let dx = model.backward(&w, &cache, Some(&mut g)).unwrap();
         (h, dx, g)
     };
-    let (h1, dx1, g1) = run(pass);
-    let (h2, dx2, g2) = run(pass.with_checkpoint(true));
+    let (h1, dx1, g1) = run(pass.clone());
+    let (h2, dx2, g2) = run(pass.clone().with_checkpoint(true));
     assert_eq!(h1.to_vec_f32(), h2.to_vec_f32());
     assert_eq!(dx1.to_vec_f32(), dx2.to_vec_f32());
     assert_eq!(
@@ -281,11 +281,53 @@ fn checkpointing_and_infer_agree_with_the_full_cache() {
     let inf = model.infer(Input::Ids(&ids), &cu, &pass).unwrap();
     assert_eq!(inf.to_vec_f32(), h1.to_vec_f32());
     // Another dropout seed changes the output; no seed means no dropout.
-    let other = model.infer(Input::Ids(&ids), &cu, &pass.with_dropout(6, 0.1));
+    let other = model.infer(Input::Ids(&ids), &cu, &pass.clone().with_dropout(6, 0.1));
     assert!(rel_err(&other.unwrap().to_vec_f32(), &h1.to_vec_f32()) > 1e-3);
     // The hidden-dropout masks act: the same seed without them differs.
     let no_hidden = model.infer(Input::Ids(&ids), &cu, &pass.with_hidden_dropout(0.0));
     assert!(rel_err(&no_hidden.unwrap().to_vec_f32(), &h1.to_vec_f32()) > 1e-3);
+}
+
+#[test]
+fn with_dropout_keys_a_sequence_runs_as_it_would_alone() {
+    // Attention, hidden and LoRA dropout all on; sequence 1 (rows 5..12) is
+    // keyed 22 in the pack and alone: same hidden states, and the pack's
+    // gradients are the sum of each sequence's alone.
+    let model = tiny_model("LlamaForCausalLM");
+    let (ids, cu) = batch();
+    let pass = Pass::bidirectional()
+        .with_dropout(5, 0.2)
+        .with_hidden_dropout(0.2);
+    let w = rand_tensor(&[12, 16], 3, 1.0);
+    let run = |ids: &[u32], cu: &[u32], keys: &[u64], w: &Tensor| {
+        let p = pass.clone().with_dropout_keys(keys);
+        let mut g = model.zero_grads(&all_trainable());
+        let (h, cache) = model.forward(Input::Ids(ids), cu, &p).unwrap();
+        model.backward(w, &cache, Some(&mut g)).unwrap();
+        (h.to_vec_f32(), g)
+    };
+    let (h, g) = run(&ids, &cu, &[11, 22], &w);
+    let rows = |t: &Tensor, r: std::ops::Range<usize>| {
+        Tensor::from_vec(
+            t.to_vec_f32()[r.start * 16..r.end * 16].to_vec(),
+            &[r.len(), 16],
+        )
+        .unwrap()
+    };
+    let (h0, g0) = run(&ids[..5], &[0, 5], &[11], &rows(&w, 0..5));
+    let (h1, g1) = run(&ids[5..], &[0, 7], &[22], &rows(&w, 5..12));
+    // Equal up to GEMM rounding (other row counts block differently); a
+    // different mask would move them by O(1).
+    assert!(rel_err(&h[..5 * 16], &h0) < 1e-5);
+    assert!(rel_err(&h[5 * 16..], &h1) < 1e-5);
+    let a = |g: &TransformerGrads| g.blocks[1].mlp.up.as_ref().unwrap().a.to_vec_f32();
+    let sum: Vec<f32> = a(&g0).iter().zip(a(&g1)).map(|(x, y)| x + y).collect();
+    assert!(rel_err(&a(&g), &sum) < 1e-5, "{}", rel_err(&a(&g), &sum));
+    // Other keys, other masks; a key count that does not fit is an error.
+    assert!(rel_err(&run(&ids, &cu, &[11, 23], &w).0[5 * 16..], &h[5 * 16..]) > 1e-3);
+    assert!(rel_err(&run(&ids, &cu, &[11, 23], &w).0[..5 * 16], &h[..5 * 16]) < 1e-5);
+    let p = pass.clone().with_dropout_keys(&[1]);
+    assert!(model.infer(Input::Ids(&ids), &cu, &p).is_err());
 }
 
 #[test]

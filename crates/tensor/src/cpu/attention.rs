@@ -35,7 +35,7 @@ use rayon::prelude::*;
 use crate::Real;
 use crate::cpu::dropout::{keep, keep_threshold};
 use crate::cpu::matmul::{MatRef, gemm_into, gemm_scaled_into};
-use crate::ops::dropout::DropoutMask;
+use crate::ops::dropout::{DropoutMask, SeqKeys};
 
 /// Query rows per tile. 128 query rows × 256 keys make GEMMs large enough for
 /// the `gemm` crate's packing to pay off while the two score-sized tiles of a
@@ -47,7 +47,7 @@ pub const BR: usize = 128;
 pub const BC: usize = 256;
 
 /// Geometry and options of one varlen attention call.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Problem<'a> {
     /// Sequence boundaries: cu[0] = 0, non-decreasing, cu[B] = T.
     pub cu_seqlens: &'a [u32],
@@ -91,41 +91,62 @@ impl Problem<'_> {
     }
 }
 
-/// The mask stream index of probability P[h, i, j] (global token indices i, j
-/// of the packed batch, T tokens): (h·T + i)·T + j, unique per (h, i, j).
+/// The mask stream index of probability P[h, i, j] (token indices i, j of a
+/// call of T tokens): (h·T + i)·T + j, unique per (h, i, j). With
+/// per-sequence keys, i, j and T are counted within the sequence instead.
 #[inline]
 pub fn dropout_index(tokens: usize, h: usize, i: usize, j: usize) -> u64 {
     let t = tokens as u64;
     (h as u64 * t + i as u64) * t + j as u64
 }
 
-/// The dropout mask resolved for one call: keep threshold and 1/(1 − p).
+/// The dropout mask resolved for one call, then (by [`Dropper::at`]) for one
+/// query block: stream seed, index base, keep threshold and 1/(1 − p).
 #[derive(Clone, Copy)]
-struct Dropper {
+struct Dropper<'a> {
     seed: u64,
     offset: u64,
     thr: u64,
     inv_keep: f64,
+    /// T of the index: the call's tokens, or the block's sequence length.
     tokens: usize,
+    /// The token the indices count from: 0, or the block's sequence start.
+    base: usize,
+    keys: Option<&'a SeqKeys>,
 }
 
-impl Dropper {
-    fn new(pb: &Problem) -> Option<Self> {
-        pb.dropout.filter(|m| m.p > 0.0).map(|m| Self {
+impl<'a> Dropper<'a> {
+    fn new(pb: &'a Problem) -> Option<Self> {
+        pb.dropout.as_ref().filter(|m| m.p > 0.0).map(|m| Self {
             seed: m.seed,
             offset: m.offset,
             thr: keep_threshold(m.p),
             inv_keep: 1.0 / (1.0 - m.p as f64),
             tokens: pb.tokens(),
+            base: 0,
+            keys: m.keys.as_ref(),
         })
+    }
+
+    /// This mask as query block `qb` sees it (its sequence's stream with keys).
+    fn at(self, qb: &Block) -> Self {
+        match self.keys {
+            None => self,
+            Some(k) => Self {
+                seed: k.seed(self.seed, qb.seq),
+                tokens: qb.seq_end - qb.seq_start,
+                base: qb.seq_start,
+                ..self
+            },
+        }
     }
 
     /// mask/(1 − p) for P[h, i, j]: 0 or 1/(1 − p).
     #[inline]
     fn factor<T: Real>(&self, h: usize, i: usize, j: usize) -> T {
-        let idx = self
-            .offset
-            .wrapping_add(dropout_index(self.tokens, h, i, j));
+        let idx =
+            self.offset
+                .wrapping_add(dropout_index(self.tokens, h, i - self.base, j - self.base));
         if keep(self.seed, idx, self.thr) {
             T::of(self.inv_keep)
         } else {
@@ -148,6 +169,8 @@ impl Dropper {
 struct Block {
     start: usize,
     end: usize,
+    /// The sequence's index in the call.
+    seq: usize,
     seq_start: usize,
     seq_end: usize,
 }
@@ -161,12 +184,13 @@ impl Block {
 /// Every sequence cut into blocks of at most `size` rows, in token order.
 fn blocks(cu: &[u32], size: usize) -> Vec<Block> {
     let mut out = Vec::new();
-    for w in cu.windows(2) {
+    for (seq, w) in cu.windows(2).enumerate() {
         let (seq_start, seq_end) = (w[0] as usize, w[1] as usize);
         for start in (seq_start..seq_end).step_by(size) {
             out.push(Block {
                 start,
                 end: (start + size).min(seq_end),
+                seq,
                 seq_start,
                 seq_end,
             });
@@ -303,6 +327,7 @@ fn forward_tile<T: Real>(
     lse: &mut [T],
     ws: Scratch<T>,
 ) {
+    let drop = drop.map(|d| d.at(&qb));
     let (d, br) = (pb.head_dim, qb.len());
     let (m, l) = (&mut ws.m[..br], &mut ws.l[..br]);
     m.fill(T::neg_infinity());
@@ -385,7 +410,7 @@ struct Grads<'a, T> {
     lse: &'a [T],
     /// Δ [Hq, T] = rowsum(dO∘O).
     delta: &'a [T],
-    drop: Option<Dropper>,
+    drop: Option<Dropper<'a>>,
     tokens: usize,
 }
 
@@ -411,8 +436,9 @@ impl<T: Real> Grads<'_, T> {
             T::exp_sub_sum(&mut row[..bc], l);
         }
         let dout = Views::rows(self.dout, hq, d, h, qb.start, br);
+        let drop = self.drop.map(|d| d.at(&qb));
         if let Some(dv) = dv {
-            let pd: &[T] = match &self.drop {
+            let pd: &[T] = match &drop {
                 Some(drop) => {
                     for (dst, src) in ws.dp.chunks_mut(BC).zip(ws.s.chunks(BC)).take(br) {
                         dst[..bc].copy_from_slice(&src[..bc]);
@@ -436,7 +462,7 @@ impl<T: Real> Grads<'_, T> {
         {
             let i = qb.start + r;
             for c in 0..bc {
-                let dp = match &self.drop {
+                let dp = match &drop {
                     Some(drop) => dp[c] * drop.factor(h, i, k0 + c),
                     None => dp[c],
                 };
@@ -611,7 +637,7 @@ mod tests {
         let t = pb.tokens();
         let mut o = vec![0.0; t * hq * d];
         let mut lse = vec![0.0; hq * t];
-        for w in pb.cu_seqlens.windows(2) {
+        for (seq, w) in pb.cu_seqlens.windows(2).enumerate() {
             let (s0, s1) = (w[0] as usize, w[1] as usize);
             let n = s1 - s0;
             for h in 0..hq {
@@ -631,9 +657,13 @@ mod tests {
                     lse[h * t + s0 + i] = mx + z.ln();
                     for j in 0..n {
                         let mut p = (row[j] - mx).exp() / z;
-                        if let Some(m) = pb.dropout {
-                            let idx = m.offset + dropout_index(t, h, s0 + i, s0 + j);
-                            p = if keep(m.seed, idx, keep_threshold(m.p)) {
+                        if let Some(m) = &pb.dropout {
+                            // One stream per call, or per sequence with keys.
+                            let (seed, idx) = match &m.keys {
+                                None => (m.seed, dropout_index(t, h, s0 + i, s0 + j)),
+                                Some(k) => (k.seed(m.seed, seq), dropout_index(n, h, i, j)),
+                            };
+                            p = if keep(seed, m.offset + idx, keep_threshold(m.p)) {
                                 p / (1.0 - m.p as f64)
                             } else {
                                 0.0
@@ -694,22 +724,50 @@ mod tests {
     fn f32_forward_matches_f64_reference_with_dropout() {
         let lens = cu_of(&[70, 0, 5, 130, 300]);
         let mut pb = problem(&lens, 4, 2, 16, true);
-        pb.dropout = Some(DropoutMask {
-            p: 0.25,
-            seed: 77,
-            offset: 1000,
-        });
-        let x = inputs::<f64>(5, &pb, 2.0);
-        let to32 = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
-        let x32 = Inputs {
-            q: to32(&x.q),
-            k: to32(&x.k),
-            v: to32(&x.v),
+        // One stream for the call, then one per sequence.
+        for keys in [None, Some(SeqKeys::new(&lens, &[4, 3, 2, 1, 0]).unwrap())] {
+            pb.dropout = Some(DropoutMask::new(0.25, 77, 1000).with_keys(keys));
+            let x = inputs::<f64>(5, &pb, 2.0);
+            let to32 = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+            let x32 = Inputs {
+                q: to32(&x.q),
+                k: to32(&x.k),
+                v: to32(&x.v),
+            };
+            let (o, lse) = run(&pb, &x32);
+            let (want_o, want_lse) = naive(&pb, &x.q, &x.k, &x.v);
+            assert_close("o f32", &o, &to32(&want_o), 1e-5);
+            assert_close("lse f32", &lse, &to32(&want_lse), 1e-6);
+        }
+    }
+
+    #[test]
+    fn a_keyed_sequence_is_dropped_as_when_it_runs_alone() {
+        // Sequence 1 (300 tokens: several blocks) in a pack, then alone.
+        let (hq, d) = (2, 8);
+        let lens = cu_of(&[70, 300, 5]);
+        let mut pb = problem(&lens, hq, 1, d, false);
+        pb.dropout = Some(
+            DropoutMask::new(0.3, 7, 0)
+                .with_keys(Some(SeqKeys::new(&lens, &[100, 200, 300]).unwrap())),
+        );
+        let x = inputs::<f64>(6, &pb, 1.5);
+        let (o, _) = run(&pb, &x);
+        let alone_lens = cu_of(&[300]);
+        let mut alone = problem(&alone_lens, hq, 1, d, false);
+        alone.dropout = Some(
+            DropoutMask::new(0.3, 7, 0).with_keys(Some(SeqKeys::new(&alone_lens, &[200]).unwrap())),
+        );
+        let y = Inputs {
+            q: x.q[70 * hq * d..370 * hq * d].to_vec(),
+            k: x.k[70 * d..370 * d].to_vec(),
+            v: x.v[70 * d..370 * d].to_vec(),
         };
-        let (o, lse) = run(&pb, &x32);
-        let (want_o, want_lse) = naive(&pb, &x.q, &x.k, &x.v);
-        assert_close("o f32", &o, &to32(&want_o), 1e-5);
-        assert_close("lse f32", &lse, &to32(&want_lse), 1e-6);
+        let (o1, _) = run(&alone, &y);
+        assert_eq!(o1, &o[70 * hq * d..370 * hq * d]);
+        // Without keys the same sequence draws another mask.
+        alone.dropout = Some(DropoutMask::new(0.3, 7, 0));
+        assert_ne!(run(&alone, &y).0, o1);
     }
 
     #[test]
@@ -719,19 +777,18 @@ mod tests {
         let long = BC + BR / 2 + 7;
         assert!(long > BC.max(2 * BR));
         let lens = cu_of(&[3, long, 1]);
+        // dropout: 0 off, 1 one stream, 2 one stream per sequence.
         let cases = [
-            (4, 2, 3, true, false),
-            (2, 1, 5, false, false),
-            (4, 2, 3, true, true),
+            (4, 2, 3, true, 0),
+            (2, 1, 5, false, 0),
+            (4, 2, 3, true, 1),
+            (2, 1, 3, false, 2),
         ];
         for &(hq, hkv, d, causal, dropout) in &cases {
             let mut pb = problem(&lens, hq, hkv, d, causal);
-            if dropout {
-                pb.dropout = Some(DropoutMask {
-                    p: 0.3,
-                    seed: 5,
-                    offset: 0,
-                });
+            if dropout > 0 {
+                let keys = (dropout == 2).then(|| SeqKeys::new(&lens, &[8, 9, 10]).unwrap());
+                pb.dropout = Some(DropoutMask::new(0.3, 5, 0).with_keys(keys));
             }
             let x = inputs::<f64>(9 + d as u64, &pb, 1.5);
             let g: Vec<f64> = uniform(&mut rng(10), x.q.len(), 1.0);
@@ -788,19 +845,11 @@ mod tests {
         }
         let (plain, _) = run(&pb, &x);
         let p = 0.2;
-        pb.dropout = Some(DropoutMask {
-            p,
-            seed: 1,
-            offset: 0,
-        });
+        pb.dropout = Some(DropoutMask::new(p, 1, 0));
         let (a, lse_a) = run(&pb, &x);
         let (b, _) = run(&pb, &x);
         assert_eq!(a, b, "same seed, same output");
-        pb.dropout = Some(DropoutMask {
-            p,
-            seed: 2,
-            offset: 0,
-        });
+        pb.dropout = Some(DropoutMask::new(p, 2, 0));
         let (c, lse_c) = run(&pb, &x);
         assert_ne!(a, c, "another seed drops other entries");
         assert_eq!(lse_a, lse_c, "lse ignores dropout");

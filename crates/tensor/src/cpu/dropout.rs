@@ -27,6 +27,13 @@ pub fn hash_u32(seed: u64, index: u64) -> u32 {
     (mix64(seed ^ mix64(index.wrapping_add(0x9e37_79b9_7f4a_7c15))) >> 32) as u32
 }
 
+/// The stream seed of the packed sequence keyed `key` under mask seed `seed`
+/// (per-sequence masks, `ops::dropout::SeqKeys`).
+#[inline]
+pub fn keyed_seed(seed: u64, key: u64) -> u64 {
+    mix64(seed ^ mix64(key ^ 0x6a09_e667_f3bc_c909))
+}
+
 /// The threshold below which a hash keeps its element, for drop probability `p`.
 #[inline]
 pub fn keep_threshold(p: f32) -> u64 {

@@ -74,8 +74,15 @@ struct DropArgs {
 }
 
 impl DropArgs {
-    fn new(opts: &AttentionOpts) -> Self {
-        match opts.dropout.filter(|m| m.p > 0.0) {
+    fn new(opts: &AttentionOpts) -> Result<Self> {
+        let mask = opts.dropout.as_ref().filter(|m| m.p > 0.0);
+        if mask.is_some_and(|m| m.keys.is_some()) {
+            return Err(TensorError::invalid(
+                OP,
+                "per-sequence dropout keys are implemented on the CPU only".to_string(),
+            ));
+        }
+        Ok(match mask {
             Some(m) => Self {
                 seed: m.seed,
                 offset: m.offset,
@@ -91,7 +98,7 @@ impl DropArgs {
                 inv_keep: 1.0,
                 on: 0,
             },
-        }
+        })
     }
 }
 
@@ -198,7 +205,7 @@ pub(crate) fn forward(
     if t == 0 {
         return Ok(AttentionOut { o, lse });
     }
-    let drop = DropArgs::new(opts);
+    let drop = DropArgs::new(opts)?;
     let (qp, kp, vp) = (
         q.cuda_ptr(OP, "q")?,
         k.cuda_ptr(OP, "k")?,
@@ -294,7 +301,7 @@ pub(crate) fn backward(
         let dq = Tensor::empty(q.shape(), dtype, dev_of)?;
         return Ok(AttentionGrads { dq, dk, dv });
     }
-    let drop = DropArgs::new(opts);
+    let drop = DropArgs::new(opts)?;
     let ptr = |x: &Tensor, what| x.cuda_ptr(OP, what);
     let (qp, kp, vp) = (ptr(q, "q")?, ptr(k, "k")?, ptr(v, "v")?);
     let (dop, opp, lp) = (ptr(dout, "dout")?, ptr(o, "o")?, ptr(lse, "lse")?);

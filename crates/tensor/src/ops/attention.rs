@@ -11,7 +11,7 @@ use crate::{DType, Device, Result, Tensor, TensorError, cpu, cuda};
 const OP: &str = "attention";
 
 /// How to attend.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AttentionOpts {
     /// Whether query i sees only keys j ≤ i of its own sequence.
     pub causal: bool,
@@ -105,6 +105,14 @@ fn check(
         ));
     }
     if let Some(m) = &opts.dropout {
+        if let Some(k) = &m.keys
+            && k.cu_seqlens() != cu_seqlens
+        {
+            return Err(TensorError::invalid(
+                OP,
+                "the dropout keys' cu_seqlens differ from the call's".to_string(),
+            ));
+        }
         if !(0.0..1.0).contains(&m.p) {
             return Err(TensorError::invalid(
                 OP,
@@ -168,7 +176,7 @@ fn problem<'a>(
         head_dim: d,
         causal: opts.causal,
         scale: opts.scale as f64,
-        dropout: opts.dropout,
+        dropout: opts.dropout.clone(),
     }
 }
 
@@ -346,16 +354,40 @@ mod tests {
             .to_string();
         assert!(e.contains("v"), "{e}");
         for scale in [0.0, -1.0, f32::NAN, f32::INFINITY] {
-            let e = err(&q, &k, &cu, &AttentionOpts { scale, ..opts });
+            let e = err(
+                &q,
+                &k,
+                &cu,
+                &AttentionOpts {
+                    scale,
+                    ..opts.clone()
+                },
+            );
             assert!(e.contains("scale"), "{e}");
         }
-        let dropout = Some(DropoutMask {
-            p: 1.0,
-            seed: 0,
-            offset: 0,
-        });
-        let e = err(&q, &k, &cu, &AttentionOpts { dropout, ..opts });
+        let dropout = Some(DropoutMask::new(1.0, 0, 0));
+        let e = err(
+            &q,
+            &k,
+            &cu,
+            &AttentionOpts {
+                dropout,
+                ..opts.clone()
+            },
+        );
         assert!(e.contains("dropout probability"), "{e}");
+        let keys = crate::ops::dropout::SeqKeys::new(&[0, 2, 5], &[1, 2]).unwrap();
+        let dropout = Some(DropoutMask::new(0.1, 0, 0).with_keys(Some(keys)));
+        let e = err(
+            &q,
+            &k,
+            &cu,
+            &AttentionOpts {
+                dropout,
+                ..opts.clone()
+            },
+        );
+        assert!(e.contains("keys' cu_seqlens differ"), "{e}");
         let e = err(&zeros(&[5, 8]), &k, &cu, &opts);
         assert!(e.contains("rank 3"), "{e}");
         let bf = zeros(&[5, 2, 4]).to_dtype(DType::BF16);

@@ -56,7 +56,7 @@ impl Case {
 /// (o, lse, dq, dk, dv) on the CPU.
 fn cpu_run(c: &Case, x: &[Tensor; 4], cu: &[u32]) -> [Tensor; 5] {
     let opts = AttentionOpts {
-        dropout: c.dropout,
+        dropout: c.dropout.clone(),
         ..AttentionOpts::new(c.d, c.causal)
     };
     let [q, k, v, dout] = x;
@@ -75,7 +75,7 @@ fn gpu_check(
     want: &[Tensor; 5],
 ) -> (String, bool) {
     let opts = AttentionOpts {
-        dropout: c.dropout,
+        dropout: c.dropout.clone(),
         ..AttentionOpts::new(c.d, c.causal)
     };
     let [q, k, v, dout] = x.clone().map(|t| common::to_gpu(&t, c.dtype, dev));
@@ -169,11 +169,7 @@ fn attention_bf16_d128_bidirectional() {
 
 #[test]
 fn attention_bf16_dropout_drops_what_the_cpu_drops() {
-    let dropout = Some(DropoutMask {
-        p: 0.1,
-        seed: 0x5eed,
-        offset: 12_345,
-    });
+    let dropout = Some(DropoutMask::new(0.1, 0x5eed, 12_345));
     let cases = [Case {
         lens: LENS,
         hq: 4,

@@ -40,29 +40,17 @@ fn compare(dev: Device, shape: &[usize]) {
         "inputs must be non-zero"
     );
     for mask in [
-        DropoutMask {
-            p: 0.3,
-            seed: 0xdead_beef_1234,
-            offset: (1 << 33) + 7,
-        },
-        DropoutMask {
-            p: 0.9,
-            seed: 5,
-            offset: 0,
-        },
-        DropoutMask {
-            p: 0.0,
-            seed: 9,
-            offset: 123,
-        },
+        DropoutMask::new(0.3, 0xdead_beef_1234, (1 << 33) + 7),
+        DropoutMask::new(0.9, 5, 0),
+        DropoutMask::new(0.0, 9, 123),
     ] {
         for (dt, bound) in [(DType::F32, 1e-6), (DType::BF16, 1e-2)] {
             let tag = format!("dropout {dt} p={} offset={}", mask.p, mask.offset);
             let xg = common::to_gpu(&x, dt, dev);
             let xc = common::to_cpu_f32(&xg);
-            let y = dropout::forward(&xg, mask).unwrap();
+            let y = dropout::forward(&xg, &mask).unwrap();
             assert_eq!(y.dtype(), dt);
-            let want = dropout::forward(&xc, mask).unwrap();
+            let want = dropout::forward(&xc, &mask).unwrap();
             let bad = mask_mismatches(&y, &want);
             let dropped = want.to_vec_f32().iter().filter(|&&v| v == 0.0).count();
             eprintln!(
@@ -72,8 +60,8 @@ fn compare(dev: Device, shape: &[usize]) {
             assert_eq!(bad, 0, "{tag}: masks differ");
             common::check(&format!("{tag} forward"), &y, &want, bound);
 
-            let dx = dropout::backward(&xg, mask).unwrap();
-            let want = dropout::backward(&xc, mask).unwrap();
+            let dx = dropout::backward(&xg, &mask).unwrap();
+            let want = dropout::backward(&xc, &mask).unwrap();
             assert_eq!(
                 mask_mismatches(&dx, &want),
                 0,
@@ -82,4 +70,10 @@ fn compare(dev: Device, shape: &[usize]) {
             common::check(&format!("{tag} backward"), &dx, &want, bound);
         }
     }
+    // Per-sequence streams are CPU-only: refused, not silently ignored.
+    let rows = x.shape()[0] as u32;
+    let keys = dropout::SeqKeys::new(&[0, rows], &[1]).unwrap();
+    let xg = common::to_gpu(&x, DType::F32, dev);
+    let e = dropout::forward(&xg, &DropoutMask::new(0.1, 1, 0).with_keys(Some(keys)));
+    assert!(e.unwrap_err().to_string().contains("CPU only"));
 }
