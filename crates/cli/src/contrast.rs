@@ -70,7 +70,8 @@ pub struct Args {
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
     /// GradCache mini-batch: texts run with activations at once (memory
-    /// bound); the gradient is still the whole batch's.
+    /// bound); the gradient is still the whole batch's. At least the batch's
+    /// texts (2 per passage unsup, 2-3 per triple sup): one pass, no GradCache.
     #[arg(long, default_value_t = 32)]
     pub mini_batch: usize,
     /// InfoNCE temperature.
