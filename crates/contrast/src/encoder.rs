@@ -12,7 +12,8 @@
 //! own positions, not on the call it shares, so they are the same however
 //! the batch is split. That is what makes GradCache exact (its re-run sees
 //! the masks of its first pass) while keeping the GEMMs large: one call per
-//! text was 1.8× slower on SmolLM2 (33 vs 18 s a step of 64 texts, 2 cores).
+//! text was 1.35× slower on SmolLM2 (103.7 vs 76.7 s for 3 SimCSE steps of
+//! 64 texts, 2 cores; docs/benchmarks.md).
 //!
 //! GradCache (Gao et al., 2021): the contrastive loss couples every pair of
 //! the batch, but its gradient w.r.t. the parameters factors through the

@@ -365,28 +365,22 @@ mod tests {
             );
             assert!(e.contains("scale"), "{e}");
         }
-        let dropout = Some(DropoutMask::new(1.0, 0, 0));
-        let e = err(
-            &q,
-            &k,
-            &cu,
-            &AttentionOpts {
-                dropout,
-                ..opts.clone()
-            },
-        );
+        let with_dropout = |m: DropoutMask| {
+            let dropout = Some(m);
+            err(
+                &q,
+                &k,
+                &cu,
+                &AttentionOpts {
+                    dropout,
+                    ..opts.clone()
+                },
+            )
+        };
+        let e = with_dropout(DropoutMask::new(1.0, 0, 0));
         assert!(e.contains("dropout probability"), "{e}");
         let keys = crate::ops::dropout::SeqKeys::new(&[0, 2, 5], &[1, 2]).unwrap();
-        let dropout = Some(DropoutMask::new(0.1, 0, 0).with_keys(Some(keys)));
-        let e = err(
-            &q,
-            &k,
-            &cu,
-            &AttentionOpts {
-                dropout,
-                ..opts.clone()
-            },
-        );
+        let e = with_dropout(DropoutMask::new(0.1, 0, 0).with_keys(Some(keys)));
         assert!(e.contains("keys' cu_seqlens differ"), "{e}");
         let e = err(&zeros(&[5, 8]), &k, &cu, &opts);
         assert!(e.contains("rank 3"), "{e}");
