@@ -28,7 +28,9 @@
 //     f32 tensors and for head dims the MMA kernels do not instantiate, and the
 //     GPU tests run both, so a failure localises to the MMA code or not.
 //
-// MMA FORWARD (attention_fwd_mma_d*)
+// MMA FORWARD (attention_fwd_mma_v1_d*; v2 = attention_fwd_mma_d*, the
+//   launcher's default, differs as its comment at fwd_mma2 says: 128-row
+//   query tiles, two m-tiles per warp, Q in shared memory, 32-key tiles)
 //   Grid (tiles, Hq), 128 threads = 4 warps. A tile is 64 query rows of one
 //   sequence, given by the host table tiles[3*t..] = (q0, seq_start, seq_end)
 //   (sorted so that the longest tiles start first). Warp w owns query rows
@@ -43,7 +45,8 @@
 //   into one multiplier, exp2f); row sums stay per-thread partial and are
 //   reduced across the 4 threads of a row at the end.
 //
-// MMA BACKWARD (attention_bwd_delta_*, attention_bwd_mma_d*, attention_dq_cast_bf16)
+// MMA BACKWARD (attention_bwd_delta_*, attention_bwd_mma_{v1_,}d*, attention_dq_cast_bf16;
+//   v2 prefetches the next query tile, see bwd_mma's PREFETCH)
 //   delta = rowsum(dO o O) first (one warp per row). Then grid (key tiles,
 //   Hkv), 4 warps: a CTA owns 64 keys of one sequence and kv head g, keeps its
 //   K and V tiles in shared memory, and loops over the group's query heads and
@@ -410,7 +413,7 @@ __device__ __forceinline__ void fwd_mma(const bf16* __restrict__ q, const bf16* 
 }
 
 #define FWD_MMA(DIM)                                                                            \
-    extern "C" __global__ void __launch_bounds__(128) attention_fwd_mma_d##DIM(                  \
+    extern "C" __global__ void __launch_bounds__(128) attention_fwd_mma_v1_d##DIM(               \
         const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, const int* tiles,      \
         int tokens, int hq, int hkv, float scale_log2, int causal, uint64_t seed,                \
         uint64_t offset, uint64_t thr, float inv_keep, int drop_on) {                            \
@@ -419,6 +422,233 @@ __device__ __forceinline__ void fwd_mma(const bf16* __restrict__ q, const bf16* 
     }
 FWD_MMA(64)
 FWD_MMA(128)
+
+// ------------------------------------------------------ MMA forward, v2
+// As fwd_mma, but a CTA owns 128 query rows and each of its 4 warps owns two
+// 16-row m-tiles (32 rows), so every K or V fragment a warp reads from
+// shared memory (ldmatrix) feeds four MMAs instead of two: v1 is bound by
+// shared-memory reads, not by the tensor cores. Q no longer fits in
+// registers beside two m-tiles of accumulators, so it is staged in shared
+// memory once and its A fragments are re-read per key tile (one ldmatrix per
+// m-tile and k-step, against NS/2 for K). Key tiles are 32 rows: with 64,
+// the two m-tiles' score blocks pushed ptxas to 255 registers and spills
+// (116 bytes at D = 128, 20 at D = 64); with 32 there are none (254 and 168
+// registers on sm_90). Shared memory: Q [128][D+8], then K and V [32][D+8]
+// (the launcher mirrors it).
+template <int D> struct Fwd2Tile {
+    static constexpr int MT = 2, BR = 4 * 16 * MT, BC = 32;
+};
+
+template <int D>
+__device__ __forceinline__ void fwd_mma2(const bf16* __restrict__ q, const bf16* __restrict__ k,
+                                         const bf16* __restrict__ v, bf16* __restrict__ o,
+                                         float* __restrict__ lse, const int* __restrict__ tiles,
+                                         int tokens, int hq, int hkv, float scale_log2, int causal,
+                                         Drop drop) {
+    constexpr int MT = Fwd2Tile<D>::MT, BR = Fwd2Tile<D>::BR, BC = Fwd2Tile<D>::BC;
+    constexpr int STRIDE = D + 8, KD = D / 16, NS = BC / 8, ND = D / 8;
+    extern __shared__ __align__(16) unsigned char smem[];
+    bf16* qs = reinterpret_cast<bf16*>(smem);
+    bf16* ks = qs + BR * STRIDE;
+    bf16* vs = ks + BC * STRIDE;
+
+    const int q0 = tiles[3 * blockIdx.x], s0 = tiles[3 * blockIdx.x + 1];
+    const int s1 = tiles[3 * blockIdx.x + 2];
+    const int h = blockIdx.y, g = h / (hq / hkv);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int gid = lane >> 2, tig = lane & 3;
+    const int wrow = warp * 16 * MT;  // the warp's first row within the tile
+    // rows[m][0] = row gid of m-tile m, rows[m][1] = row gid + 8.
+    int rows[MT][2];
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+        rows[m][0] = q0 + wrow + m * 16 + gid;
+        rows[m][1] = rows[m][0] + 8;
+    }
+
+    float acc[MT][ND][4];
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int n = 0; n < ND; ++n) acc[m][n][0] = acc[m][n][1] = acc[m][n][2] = acc[m][n][3] = 0.0f;
+    float mrow[MT][2], lrow[MT][2];
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+        mrow[m][0] = mrow[m][1] = -INFINITY;
+        lrow[m][0] = lrow[m][1] = 0.0f;
+    }
+
+    const int k_end = causal ? min(s1, q0 + BR) : s1;
+    const int n_tiles = (k_end - s0 + BC - 1) / BC;
+
+    load_rows<D, BR>(qs, q, q0, s1, hq, h);
+    load_rows<D, BC>(ks, k, s0, s1, hkv, g);
+    cp_async_commit();
+    for (int j = 0; j < n_tiles; ++j) {
+        const int k0 = s0 + j * BC;
+        load_rows<D, BC>(vs, v, k0, s1, hkv, g);
+        cp_async_commit();
+        cp_async_wait<1>();  // Q and K(j) landed; V(j) may still be in flight
+        __syncthreads();
+
+        float sc[MT][NS][4];
+#pragma unroll
+        for (int m = 0; m < MT; ++m)
+#pragma unroll
+            for (int n = 0; n < NS; ++n) sc[m][n][0] = sc[m][n][1] = sc[m][n][2] = sc[m][n][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < KD; ++kk) {
+            uint32_t a[MT][4];
+#pragma unroll
+            for (int m = 0; m < MT; ++m) {
+                const int r = wrow + m * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
+                const int c = kk * 16 + ((lane >> 4) << 3);
+                ldsm_x4(smem_addr(qs + r * STRIDE + c), a[m][0], a[m][1], a[m][2], a[m][3]);
+            }
+#pragma unroll
+            for (int np = 0; np < NS / 2; ++np) {
+                const int r = np * 16 + (lane & 7) + ((lane >> 4) << 3);
+                const int c = kk * 16 + (((lane >> 3) & 1) << 3);
+                uint32_t b0, b1, b2, b3;
+                ldsm_x4(smem_addr(ks + r * STRIDE + c), b0, b1, b2, b3);
+#pragma unroll
+                for (int m = 0; m < MT; ++m) {
+                    mma16816(sc[m][2 * np], a[m], b0, b1);
+                    mma16816(sc[m][2 * np + 1], a[m], b2, b3);
+                }
+            }
+        }
+
+        // Per m-tile: scale into the log2 domain, mask, online softmax, as v1.
+        const bool need_mask = (k0 + BC > s1) || (causal && k0 + BC - 1 > q0 + wrow);
+        uint32_t pf[MT][BC / 16][4];
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+            float mx_a = -INFINITY, mx_b = -INFINITY;
+#pragma unroll
+            for (int n = 0; n < NS; ++n) {
+#pragma unroll
+                for (int r = 0; r < 4; ++r) {
+                    float x = sc[m][n][r] * scale_log2;
+                    if (need_mask) {
+                        const int key = k0 + n * 8 + tig * 2 + (r & 1);
+                        const int row = rows[m][r >> 1];
+                        if (key >= s1 || (causal && key > row)) x = -INFINITY;
+                    }
+                    sc[m][n][r] = x;
+                }
+                mx_a = fmaxf(mx_a, fmaxf(sc[m][n][0], sc[m][n][1]));
+                mx_b = fmaxf(mx_b, fmaxf(sc[m][n][2], sc[m][n][3]));
+            }
+            mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+            mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+            mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+            mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+            const float mn_a = fmaxf(mrow[m][0], mx_a), mn_b = fmaxf(mrow[m][1], mx_b);
+            // A row with nothing visible yet keeps reference 0: exp2(-inf - 0) = 0, no NaN.
+            const float base_a = mn_a == -INFINITY ? 0.0f : mn_a;
+            const float base_b = mn_b == -INFINITY ? 0.0f : mn_b;
+            const float corr_a = exp2f(mrow[m][0] - base_a), corr_b = exp2f(mrow[m][1] - base_b);
+            mrow[m][0] = mn_a;
+            mrow[m][1] = mn_b;
+            float sum_a = 0.0f, sum_b = 0.0f;
+#pragma unroll
+            for (int n = 0; n < NS; ++n) {
+                sc[m][n][0] = exp2f(sc[m][n][0] - base_a);
+                sc[m][n][1] = exp2f(sc[m][n][1] - base_a);
+                sc[m][n][2] = exp2f(sc[m][n][2] - base_b);
+                sc[m][n][3] = exp2f(sc[m][n][3] - base_b);
+                sum_a += sc[m][n][0] + sc[m][n][1];
+                sum_b += sc[m][n][2] + sc[m][n][3];
+            }
+            lrow[m][0] = lrow[m][0] * corr_a + sum_a;
+            lrow[m][1] = lrow[m][1] * corr_b + sum_b;
+#pragma unroll
+            for (int n = 0; n < ND; ++n) {
+                acc[m][n][0] *= corr_a;
+                acc[m][n][1] *= corr_a;
+                acc[m][n][2] *= corr_b;
+                acc[m][n][3] *= corr_b;
+            }
+            if (drop.on) {
+#pragma unroll
+                for (int n = 0; n < NS; ++n) {
+#pragma unroll
+                    for (int r = 0; r < 4; ++r) {
+                        const int key = k0 + n * 8 + tig * 2 + (r & 1);
+                        sc[m][n][r] *= drop.factor(h, rows[m][r >> 1], key);
+                    }
+                }
+            }
+#pragma unroll
+            for (int kk = 0; kk < BC / 16; ++kk) {
+                pf[m][kk][0] = pack_bf16(sc[m][2 * kk][0], sc[m][2 * kk][1]);
+                pf[m][kk][1] = pack_bf16(sc[m][2 * kk][2], sc[m][2 * kk][3]);
+                pf[m][kk][2] = pack_bf16(sc[m][2 * kk + 1][0], sc[m][2 * kk + 1][1]);
+                pf[m][kk][3] = pack_bf16(sc[m][2 * kk + 1][2], sc[m][2 * kk + 1][3]);
+            }
+        }
+
+        __syncthreads();  // every warp is done reading ks
+        if (j + 1 < n_tiles) {
+            load_rows<D, BC>(ks, k, k0 + BC, s1, hkv, g);
+            cp_async_commit();
+            cp_async_wait<1>();  // V(j) landed
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+
+#pragma unroll
+        for (int kk = 0; kk < BC / 16; ++kk) {
+#pragma unroll
+            for (int dp = 0; dp < ND / 2; ++dp) {
+                const int r = kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
+                const int c = dp * 16 + ((lane >> 4) << 3);
+                uint32_t b0, b1, b2, b3;
+                ldsm_x4_t(smem_addr(vs + r * STRIDE + c), b0, b1, b2, b3);
+#pragma unroll
+                for (int m = 0; m < MT; ++m) {
+                    mma16816(acc[m][2 * dp], pf[m][kk], b0, b1);
+                    mma16816(acc[m][2 * dp + 1], pf[m][kk], b2, b3);
+                }
+            }
+        }
+        __syncthreads();  // every warp is done reading vs before the next V load
+    }
+
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            float l = lrow[m][half];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            const int row = rows[m][half];
+            if (row >= s1) continue;
+            const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+            uint32_t* orow = reinterpret_cast<uint32_t*>(o + ((size_t)row * hq + h) * D);
+#pragma unroll
+            for (int n = 0; n < ND; ++n)
+                orow[(n * 8 + tig * 2) / 2] =
+                    pack_bf16(acc[m][n][2 * half] * inv, acc[m][n][2 * half + 1] * inv);
+            if (tig == 0)
+                lse[(size_t)h * tokens + row] =
+                    l > 0.0f ? (mrow[m][half] + log2f(l)) * LN2_F : -INFINITY;
+        }
+    }
+}
+
+#define FWD_MMA2(DIM)                                                                           \
+    extern "C" __global__ void __launch_bounds__(128) attention_fwd_mma_d##DIM(                  \
+        const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, const int* tiles,      \
+        int tokens, int hq, int hkv, float scale_log2, int causal, uint64_t seed,                \
+        uint64_t offset, uint64_t thr, float inv_keep, int drop_on) {                            \
+        Drop drop{seed, offset, thr, (uint64_t)tokens, inv_keep, drop_on};                       \
+        fwd_mma2<DIM>(q, k, v, o, lse, tiles, tokens, hq, hkv, scale_log2, causal, drop);        \
+    }
+FWD_MMA2(64)
+FWD_MMA2(128)
 
 // ----------------------------------------------------------- MMA backward
 
@@ -456,11 +686,16 @@ extern "C" __global__ void attention_dq_cast_bf16(const float* acc, bf16* dq, lo
 
 // Query rows per backward query tile: 32 at D = 128 keeps dK and dV
 // accumulators (2 x 64 f32 per thread) plus the S^T, dP^T tiles in registers.
-// Dynamic shared memory (the launcher mirrors it): K, V [64][D+8], Q, dO
-// [BR][D+8], dS [BR][64+8] bf16, then lse and delta [BR] f32. Forward: K, V only.
+// Dynamic shared memory (the launcher mirrors it): K, V [64][D+8], then NB
+// buffers of Q, dO [BR][D+8], dS [BR][64+8] bf16, then NB buffers of lse and
+// delta [BR] f32 (NB = 2 with PREFETCH, else 1).
 template <int D> struct BwdTile { static constexpr int BR = D == 128 ? 32 : 64; };
 
-template <int D>
+// PREFETCH (v2): the (query head, query tile) iterations form one sequence
+// and the next one's Q, dO, lse and delta load into the other buffer while
+// the current one computes. v1 (no PREFETCH) loads each tile and waits for
+// it, so every tile exposed a full global-memory round trip.
+template <int D, bool PREFETCH>
 __device__ __forceinline__ void bwd_mma(const bf16* __restrict__ q, const bf16* __restrict__ k,
                                         const bf16* __restrict__ v, const bf16* __restrict__ dout,
                                         const float* __restrict__ lse,
@@ -478,11 +713,12 @@ __device__ __forceinline__ void bwd_mma(const bf16* __restrict__ q, const bf16* 
     extern __shared__ __align__(16) unsigned char smem[];
     bf16* ks = reinterpret_cast<bf16*>(smem);
     bf16* vs = ks + BC * STRIDE;
-    bf16* qs = vs + BC * STRIDE;
-    bf16* dos = qs + BR * STRIDE;
-    bf16* dss = dos + BR * STRIDE;  // dS as [query][key], stride SSTRIDE
-    float* lse_s = reinterpret_cast<float*>(dss + BR * SSTRIDE);  // lse * log2 e
-    float* delta_s = lse_s + BR;
+    constexpr int NB = PREFETCH ? 2 : 1;
+    bf16* q_buf = vs + BC * STRIDE;           // NB x [BR][STRIDE]
+    bf16* do_buf = q_buf + NB * BR * STRIDE;  // NB x [BR][STRIDE]
+    bf16* dss = do_buf + NB * BR * STRIDE;    // dS as [query][key], stride SSTRIDE
+    float* lse_buf = reinterpret_cast<float*>(dss + BR * SSTRIDE);  // NB x [BR], lse * log2 e
+    float* delta_buf = lse_buf + NB * BR;                            // NB x [BR]
 
     const int k0 = tiles[3 * blockIdx.x], s0 = tiles[3 * blockIdx.x + 1];
     const int s1 = tiles[3 * blockIdx.x + 2];
@@ -504,20 +740,44 @@ __device__ __forceinline__ void bwd_mma(const bf16* __restrict__ q, const bf16* 
 
     // Causal: query tiles wholly before k0 see none of these keys.
     const int q_first = causal ? s0 + ((k0 - s0) / BR) * BR : s0;
-    for (int hh = 0; hh < group; ++hh) {
-        const int h = g * group + hh;
-        for (int qq0 = q_first; qq0 < s1; qq0 += BR) {
-            __syncthreads();  // the previous tile is done with qs, dos, dss, lse_s, delta_s
-            load_rows<D, BR>(qs, q, qq0, s1, hq, h);
-            load_rows<D, BR>(dos, dout, qq0, s1, hq, h);
+    // Iteration it is query head g * group + it / per_head, tile it % per_head.
+    const int per_head = (s1 - q_first + BR - 1) / BR, total = group * per_head;
+    // Issues the loads of iteration it into buffer b (async for Q and dO).
+    auto stage = [&](int it, int b) {
+        const int h = g * group + it / per_head, qq0 = q_first + (it % per_head) * BR;
+        load_rows<D, BR>(q_buf + b * BR * STRIDE, q, qq0, s1, hq, h);
+        load_rows<D, BR>(do_buf + b * BR * STRIDE, dout, qq0, s1, hq, h);
+        for (int i = threadIdx.x; i < BR; i += blockDim.x) {
+            const int tok = qq0 + i;
+            lse_buf[b * BR + i] = tok < s1 ? lse[(size_t)h * tokens + tok] * LOG2E_F : INFINITY;
+            delta_buf[b * BR + i] = tok < s1 ? delta[(size_t)h * tokens + tok] : 0.0f;
+        }
+    };
+    if (PREFETCH) {
+        stage(0, 0);
+        cp_async_commit();
+    }
+    for (int it = 0; it < total; ++it) {
+        const int buf = PREFETCH ? (it & 1) : 0;
+        __syncthreads();  // the previous iteration is done with its buffers and dss
+        if (!PREFETCH) {
+            stage(it, 0);
             cp_async_commit();
-            for (int i = threadIdx.x; i < BR; i += blockDim.x) {
-                const int tok = qq0 + i;
-                lse_s[i] = tok < s1 ? lse[(size_t)h * tokens + tok] * LOG2E_F : INFINITY;
-                delta_s[i] = tok < s1 ? delta[(size_t)h * tokens + tok] : 0.0f;
-            }
             cp_async_wait<0>();
-            __syncthreads();
+        } else if (it + 1 < total) {
+            stage(it + 1, buf ^ 1);
+            cp_async_commit();
+            cp_async_wait<1>();  // everything but the prefetch just issued has landed
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        {
+            const int h = g * group + it / per_head, qq0 = q_first + (it % per_head) * BR;
+            const bf16* qs = q_buf + buf * BR * STRIDE;
+            const bf16* dos = do_buf + buf * BR * STRIDE;
+            const float* lse_s = lse_buf + buf * BR;
+            const float* delta_s = delta_buf + buf * BR;
 
             // S^T = K_w Q^T and dP^T = V_w dO^T: 16 keys x BR queries per warp.
             float st[NQ][4], dpt[NQ][4];
@@ -662,18 +922,20 @@ __device__ __forceinline__ void bwd_mma(const bf16* __restrict__ q, const bf16* 
     }
 }
 
-#define BWD_MMA(DIM)                                                                            \
-    extern "C" __global__ void __launch_bounds__(128) attention_bwd_mma_d##DIM(                  \
+#define BWD_MMA(NAME, DIM, PREFETCH)                                                            \
+    extern "C" __global__ void __launch_bounds__(128) NAME(                                      \
         const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,         \
         const float* delta, float* dq_acc, bf16* dk, bf16* dv, const int* tiles, int tokens,     \
         int hq, int hkv, float scale, float scale_log2, int causal, uint64_t seed,               \
         uint64_t offset, uint64_t thr, float inv_keep, int drop_on) {                            \
         Drop drop{seed, offset, thr, (uint64_t)tokens, inv_keep, drop_on};                       \
-        bwd_mma<DIM>(q, k, v, dout, lse, delta, dq_acc, dk, dv, tiles, tokens, hq, hkv, scale,   \
-                     scale_log2, causal, drop);                                                  \
+        bwd_mma<DIM, PREFETCH>(q, k, v, dout, lse, delta, dq_acc, dk, dv, tiles, tokens, hq, hkv, \
+                               scale, scale_log2, causal, drop);                                 \
     }
-BWD_MMA(64)
-BWD_MMA(128)
+BWD_MMA(attention_bwd_mma_v1_d64, 64, false)
+BWD_MMA(attention_bwd_mma_v1_d128, 128, false)
+BWD_MMA(attention_bwd_mma_d64, 64, true)
+BWD_MMA(attention_bwd_mma_d128, 128, true)
 
 // ---------------------------------------------------------- simple kernels
 // One warp per row; lane l holds head-dimension entries l, l+32, ... (< D <= 256).

@@ -38,11 +38,17 @@ echo "== GPU tests"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 if command -v compute-sanitizer >/dev/null && [ -z "${SKIP_SANITIZER:-}" ]; then
+    # Small cases of every kernel family: the `small` tests, plus the small-op
+    # tests, which use small shapes throughout (libtest runs any test matching
+    # one of the words).
+    filter=${SANITIZER_FILTER:-small rmsnorm rope swiglu residual clip_grad device_casts copy_rows add_bias infonce}
     for tool in memcheck racecheck; do
-        echo "== compute-sanitizer $tool (tests matching '${SANITIZER_FILTER:-small}')"
+        echo "== compute-sanitizer $tool (tests matching any of: $filter) at ${SECONDS}s"
+        # shellcheck disable=SC2086 # one filter per word
         timeout "${SANITIZER_TIMEOUT:-150}" compute-sanitizer --tool "$tool" \
-            "$bin/gpu-tests" --test-threads=1 "${SANITIZER_FILTER:-small}" \
+            "$bin/gpu-tests" --test-threads=1 $filter \
             >"$out/sanitizer-$tool.log" 2>&1
+        echo "compute-sanitizer $tool: exit $? (124: timed out)"
         # cuBLAS's Hopper GEMMs (nvjet_*) synchronise through mbarriers that
         # racecheck does not model and are reported as races (seen on an H100,
         # 2026-11-27); only hazards in our own kernels count.
@@ -54,7 +60,7 @@ if command -v compute-sanitizer >/dev/null && [ -z "${SKIP_SANITIZER:-}" ]; then
     done
 fi
 
-echo "== embed: llm2comp embed on CUDA (f32, bf16 MMA, bf16 simple attention) vs the CPU"
+echo "== embed at ${SECONDS}s: llm2comp embed on CUDA (f32, bf16 MMA, bf16 simple attention) vs the CPU"
 # The tiny Qwen2 fixture (head_dim 64, q/k/v biases; scripts/make_tiny_embed_model.py):
 # gpu-build.sh copies it beside the binaries; from a checkout it is in the repo.
 tiny=${TINY_EMBED_MODEL:-}
@@ -113,7 +119,7 @@ PY
     echo "embed check: $([ "$embed_ok" -eq 1 ] && echo ok || echo FAILED)"
 fi
 
-echo "== benchmarks"
+echo "== benchmarks at ${SECONDS}s"
 for b in "$bin"/*-gpu; do
     [ -x "$b" ] || continue
     echo "-- $(basename "$b")"
@@ -128,5 +134,5 @@ if [ -f "$here/gpu_table.py" ]; then
     echo "== table (ours vs PyTorch, same run)"
     cat "$out/table.md"
 fi
-echo "== gpu-check exit $status"
+echo "== gpu-check exit $status after ${SECONDS}s"
 exit $status

@@ -381,11 +381,11 @@ static std::vector<float> to_f32(const std::vector<bf16>& x) {
 }
 static std::vector<float> to_f32(const std::vector<float>& x) { return x; }
 
-// Host tile table (q0, seq_start, seq_end), 64 rows per tile.
-static std::vector<int> tiles_of(const std::vector<int>& cu) {
+// Host tile table (q0, seq_start, seq_end), `rows` rows per tile.
+static std::vector<int> tiles_of(const std::vector<int>& cu, int rows) {
     std::vector<int> t;
     for (size_t b = 0; b + 1 < cu.size(); ++b)
-        for (int s = cu[b]; s < cu[b + 1]; s += 64) {
+        for (int s = cu[b]; s < cu[b + 1]; s += rows) {
             t.push_back(s);
             t.push_back(cu[b]);
             t.push_back(cu[b + 1]);
@@ -395,9 +395,10 @@ static std::vector<int> tiles_of(const std::vector<int>& cu) {
 
 static int failures = 0;
 
-template <typename E> static void run(const Cfg& c, bool mma) {
+// mma: 0 = simple kernels, 1 = MMA v1, 2 = MMA v2 (the launcher's default).
+template <typename E> static void run(const Cfg& c, int mma) {
     const int T = c.tokens(), hq = c.hq, hkv = c.hkv, d = c.d;
-    std::mt19937_64 rng(T * 131 + hq * 7 + d + c.causal + (mma ? 1000 : 0));
+    std::mt19937_64 rng(T * 131 + hq * 7 + d + c.causal + 1000 * mma);
     std::normal_distribution<double> nd(0.0, 1.0);
     auto randv = [&](size_t n, double s) {
         std::vector<double> x(n);
@@ -424,15 +425,19 @@ template <typename E> static void run(const Cfg& c, bool mma) {
     const float inv_keep = (float)(1.0 / (1.0 - (double)c.p));
     const int on = c.p > 0;
     const int nseq = (int)c.cu.size() - 1;
-    auto tiles = tiles_of(c.cu);
+    auto tiles = tiles_of(c.cu, 64);
     const unsigned ntiles = (unsigned)(tiles.size() / 3);
+    auto tiles2 = tiles_of(c.cu, 128);  // v2 forward: 128-row query tiles
+    const unsigned ntiles2 = (unsigned)(tiles2.size() / 3);
     auto warps = [](long long rows) { return Dim3{(unsigned)((rows * 32 + 127) / 128), 1, 1}; };
 
     if constexpr (std::is_same_v<E, bf16>) {
         if (mma) {
-            auto fwd = d == 64 ? attention_fwd_mma_d64 : attention_fwd_mma_d128;
-            launch({ntiles, (unsigned)hq, 1}, 128, [&] {
-                fwd(qe.data(), ke.data(), ve.data(), o.data(), lse.data(), tiles.data(), T, hq, hkv,
+            auto fwd = mma == 1 ? (d == 64 ? attention_fwd_mma_v1_d64 : attention_fwd_mma_v1_d128)
+                                : (d == 64 ? attention_fwd_mma_d64 : attention_fwd_mma_d128);
+            const auto& tt = mma == 1 ? tiles : tiles2;
+            launch({mma == 1 ? ntiles : ntiles2, (unsigned)hq, 1}, 128, [&] {
+                fwd(qe.data(), ke.data(), ve.data(), o.data(), lse.data(), tt.data(), T, hq, hkv,
                     scale * 1.4426950408889634f, c.causal, c.seed, c.offset, thr, inv_keep, on);
             });
         }
@@ -459,7 +464,8 @@ template <typename E> static void run(const Cfg& c, bool mma) {
     if constexpr (std::is_same_v<E, bf16>) {
         if (mma) {
             std::vector<float> acc((size_t)T * hq * d, 0.0f);
-            auto bwd = d == 64 ? attention_bwd_mma_d64 : attention_bwd_mma_d128;
+            auto bwd = mma == 1 ? (d == 64 ? attention_bwd_mma_v1_d64 : attention_bwd_mma_v1_d128)
+                                : (d == 64 ? attention_bwd_mma_d64 : attention_bwd_mma_d128);
             launch({ntiles, (unsigned)hkv, 1}, 128, [&] {
                 bwd(qe.data(), ke.data(), ve.data(), doe.data(), lse.data(), delta.data(), acc.data(),
                     dk.data(), dv.data(), tiles.data(), T, hq, hkv, scale, scale * 1.4426950408889634f,
@@ -500,7 +506,7 @@ template <typename E> static void run(const Cfg& c, bool mma) {
     const bool ok = !nan && e_o < bound && e_l < bound / 10 && e_q < bound && e_k < bound && e_v < bound;
     if (!ok) ++failures;
     printf("%s %-6s T %4d hq %d hkv %d d %3d causal %d p %.1f: o %.1e lse %.1e dq %.1e dk %.1e dv %.1e%s %s\n",
-           mma ? "mma   " : "simple", std::is_same_v<E, bf16> ? "bf16" : "f32", T, hq, hkv, d, c.causal,
+           mma == 0 ? "simple" : mma == 1 ? "mma v1" : "mma v2", std::is_same_v<E, bf16> ? "bf16" : "f32", T, hq, hkv, d, c.causal,
            c.p, e_o, e_l, e_q, e_k, e_v, nan ? " NaN" : "", ok ? "ok" : "FAIL");
     fflush(stdout);
 }
@@ -512,18 +518,20 @@ int main(int argc, char** argv) {
         for (bool causal : {true, false})
             for (auto [hq, hkv] : {std::pair{4, 1}, std::pair{2, 2}}) {
                 Cfg c{cu, hq, hkv, d, causal, 0.0f};
-                run<bf16>(c, true);
+                run<bf16>(c, 1);
+                run<bf16>(c, 2);
             }
     Cfg drop{cu, 2, 1, 64, true, 0.1f};
-    run<bf16>(drop, true);
+    run<bf16>(drop, 1);
+    run<bf16>(drop, 2);
     std::vector<int> small{0, 1, 7, 40};
     for (bool causal : {true, false}) {
         Cfg c{small, 4, 2, 64, causal, 0.0f};
-        run<bf16>(c, false);
-        run<float>(c, false);
+        run<bf16>(c, 0);
+        run<float>(c, 0);
     }
     Cfg sd{small, 2, 1, 40, true, 0.1f};
-    run<float>(sd, false);
+    run<float>(sd, 0);
     printf("%d failures\n", failures);
     return failures != 0;
 }

@@ -1,6 +1,8 @@
 //! CUDA attention throughput: forward and backward TFLOP/s of the MMA kernels
-//! at Hq = Hkv = 32, D = 128, bf16, for 8 × 512 and 2 × 4096 tokens, causal
-//! and bidirectional, timed with CUDA events on the op's stream (so the
+//! (the current v2 and the first version v1, back to back, so each tuning step
+//! is measured against the last in the same run) at Hq = Hkv = 32, D = 128,
+//! bf16, for 8 × 512 and 2 × 4096 tokens, causal and bidirectional, timed with
+//! CUDA events on the op's stream (so the
 //! numbers compare with torch SDPA timed the same way). FLOPs follow the
 //! FlashAttention convention: forward 4·T·Hq·D·S_eff with S_eff the sequence
 //! length, halved when causal; backward 2.5 × forward. Prints one line per
@@ -8,7 +10,9 @@
 
 use cudarc::driver::sys::CUevent_flags;
 use llm2comp_benches::random;
-use llm2comp_tensor::ops::attention::{self, AttentionOpts};
+use llm2comp_tensor::ops::attention::{
+    AttentionKernel, AttentionOpts, backward_with, forward_with,
+};
 use llm2comp_tensor::{DType, Device, Tensor, cuda};
 
 const HEADS: usize = 32;
@@ -57,16 +61,24 @@ fn main() {
         let k = gpu(&[t, HEADS, D], 2, dev);
         let v = gpu(&[t, HEADS, D], 3, dev);
         let dout = gpu(&[t, HEADS, D], 4, dev);
-        for causal in [true, false] {
+        for (causal, kernel) in [true, false]
+            .into_iter()
+            .flat_map(|c| [(c, AttentionKernel::MmaV1), (c, AttentionKernel::Mma)])
+        {
             let opts = AttentionOpts::new(D, causal);
-            let out = attention::forward(&q, &k, &v, &cu, &opts).expect("forward");
+            let out = forward_with(&q, &k, &v, &cu, &opts, kernel).expect("forward");
             let fwd_ms = time_ms(&cuda_dev, || {
-                attention::forward(&q, &k, &v, &cu, &opts).expect("forward");
+                forward_with(&q, &k, &v, &cu, &opts, kernel).expect("forward");
             });
             let bwd_ms = time_ms(&cuda_dev, || {
-                attention::backward(&dout, &q, &k, &v, &out.o, &out.lse, &cu, &opts)
+                backward_with(&dout, &q, &k, &v, &out.o, &out.lse, &cu, &opts, kernel)
                     .expect("backward");
             });
+            let version = if kernel == AttentionKernel::MmaV1 {
+                "v1"
+            } else {
+                "v2"
+            };
             let s_eff = if causal { seq as f64 / 2.0 } else { seq as f64 };
             let fwd_flops = 4.0 * t as f64 * HEADS as f64 * D as f64 * s_eff;
             let tflops = |flops: f64, ms: f64| flops / (ms * 1e-3) / 1e12;
@@ -77,7 +89,7 @@ fn main() {
             for (pass, ms, flops) in [("fwd", fwd_ms, fwd_flops), ("bwd", bwd_ms, 2.5 * fwd_flops)]
             {
                 println!(
-                    "BENCH {{\"impl\": \"llm2comp\", \"name\": \"{name} {pass}\", \"ms\": {ms:.4}, \"tflops\": {:.1}}}",
+                    "BENCH {{\"impl\": \"llm2comp\", \"name\": \"{name} {pass}\", \"tiling\": \"{version}\", \"ms\": {ms:.4}, \"tflops\": {:.1}}}",
                     tflops(flops, ms)
                 );
             }

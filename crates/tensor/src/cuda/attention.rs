@@ -1,14 +1,16 @@
 //! Launchers for `kernels/attention.cu` (contract and algorithm in its header).
 //!
 //! Two kernel sets, picked per call by [`Kernel`]: the FlashAttention-2 MMA
-//! kernels (bf16, head dim 64 or 128) and the simple warp-per-row kernels
+//! kernels (bf16, head dim 64 or 128; the current v2, or v1 for comparison)
+//! and the simple warp-per-row kernels
 //! (bf16 or f32, head dim ≤ 256). The simple set is the slow, obviously correct
 //! one: `LLM2COMP_ATTN_SIMPLE=1` forces it, so a wrong answer on a new card
 //! can be pinned on the MMA code or not, and it also serves f32 tensors and
 //! head dims the MMA kernels are not instantiated for.
 //!
 //! The host does the sequence bookkeeping: `cu_seqlens` becomes a table of
-//! 64-row tiles (start, sequence start, sequence end), one CTA each, sorted
+//! tiles (start, sequence start, sequence end; 128 query rows for the v2
+//! forward, 64 rows otherwise), one CTA each, sorted
 //! longest-work first so the causal tail does not run alone at the end.
 //! Host tables and scratch (delta, the f32 dq accumulator) are dropped right
 //! after the launches: the device's single stream orders the frees after the
@@ -24,8 +26,12 @@ use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMI
 use cudarc::driver::{CudaFunction, PushKernelArg};
 
 const OP: &str = "attention";
-/// Rows per tile of the MMA kernels (query tiles forward, key tiles backward).
+/// Rows per tile of the MMA kernels (query tiles of the v1 forward, key tiles backward).
 const TILE: usize = 64;
+/// Query rows per tile of the v2 forward (4 warps × 2 m-tiles of 16; `Fwd2Tile`).
+const FWD2_ROWS: usize = 128;
+/// Key rows per tile of the v2 forward (`Fwd2Tile::BC`).
+const FWD2_KEYS: usize = 32;
 /// Largest head dimension of the simple kernels (8 values × 32 lanes).
 const MAX_SIMPLE_D: usize = 256;
 /// Threads per block of every attention kernel.
@@ -38,8 +44,8 @@ fn resolve(kernel: Kernel, dtype: DType, d: usize) -> Result<Kernel> {
     match kernel {
         Kernel::Auto if simple_forced() || !mma_fits => resolve(Kernel::Simple, dtype, d),
         Kernel::Auto => Ok(Kernel::Mma),
-        Kernel::Mma if mma_fits => Ok(Kernel::Mma),
-        Kernel::Mma => Err(TensorError::invalid(
+        Kernel::Mma | Kernel::MmaV1 if mma_fits => Ok(kernel),
+        Kernel::Mma | Kernel::MmaV1 => Err(TensorError::invalid(
             OP,
             format!("the MMA kernels need bf16 and head_dim 64 or 128, got {dtype:?} and {d}"),
         )),
@@ -119,13 +125,13 @@ fn element_dtype(ts: &[(&'static str, &Tensor)]) -> Result<DType> {
     Ok(dtype)
 }
 
-/// The tile table (start, seq_start, seq_end) of 64-row tiles, heaviest first.
-/// `work` gives a tile's cost from (start, seq_start, seq_end).
-fn tile_table(cu: &[u32], work: impl Fn(usize, usize, usize) -> usize) -> Vec<i32> {
+/// The tile table (start, seq_start, seq_end) of `rows`-row tiles, heaviest
+/// first. `work` gives a tile's cost from (start, seq_start, seq_end).
+fn tile_table(cu: &[u32], rows: usize, work: impl Fn(usize, usize, usize) -> usize) -> Vec<i32> {
     let mut tiles = Vec::new();
     for w in cu.windows(2) {
         let (s0, s1) = (w[0] as usize, w[1] as usize);
-        tiles.extend((s0..s1).step_by(TILE).map(|t| (t, s0, s1)));
+        tiles.extend((s0..s1).step_by(rows).map(|t| (t, s0, s1)));
     }
     tiles.sort_by_key(|&(t, s0, s1)| std::cmp::Reverse(work(t, s0, s1)));
     tiles
@@ -143,13 +149,22 @@ fn bwd_rows(d: usize) -> usize {
     if d == 128 { 32 } else { 64 }
 }
 
-fn fwd_smem(d: usize) -> u32 {
+/// v1: K, V [64][D+8] bf16.
+fn fwd_smem_v1(d: usize) -> u32 {
     (2 * TILE * (d + 8) * 2) as u32
 }
 
-fn bwd_smem(d: usize) -> u32 {
+/// v2: Q [128][D+8], K, V [32][D+8] bf16.
+fn fwd_smem(d: usize) -> u32 {
+    ((FWD2_ROWS + 2 * FWD2_KEYS) * (d + 8) * 2) as u32
+}
+
+/// K, V [64][D+8]; `buffers` × (Q, dO [BR][D+8]); dS [BR][72] bf16; `buffers` ×
+/// (lse, delta [BR]) f32. v2 double-buffers (2), v1 does not (1).
+fn bwd_smem(d: usize, buffers: usize) -> u32 {
     let br = bwd_rows(d);
-    ((2 * TILE * (d + 8) + 2 * br * (d + 8) + br * (TILE + 8)) * 2 + 2 * br * 4) as u32
+    ((2 * TILE * (d + 8) + buffers * 2 * br * (d + 8) + br * (TILE + 8)) * 2 + buffers * 2 * br * 4)
+        as u32
 }
 
 /// Allows `bytes` of dynamic shared memory (beyond the default 48 KiB).
@@ -215,19 +230,20 @@ pub(crate) fn forward(
     let (t32, hq32, hkv32, d32) = (t as i32, hq as i32, hkv as i32, d as i32);
     let causal = opts.causal as i32;
     match kernel {
-        Kernel::Mma => {
+        Kernel::Mma | Kernel::MmaV1 => {
             let causal_b = opts.causal;
-            let tiles = tile_table(
-                cu_seqlens,
-                |t0, s0, s1| {
-                    if causal_b { t0 + TILE - s0 } else { s1 - s0 }
-                },
-            );
+            let (rows, name, smem) = if kernel == Kernel::MmaV1 {
+                (TILE, format!("attention_fwd_mma_v1_d{d}"), fwd_smem_v1(d))
+            } else {
+                (FWD2_ROWS, format!("attention_fwd_mma_d{d}"), fwd_smem(d))
+            };
+            let tiles = tile_table(cu_seqlens, rows, |t0, s0, s1| {
+                if causal_b { t0 + rows - s0 } else { s1 - s0 }
+            });
             let n_tiles = (tiles.len() / 3) as u32;
             let tiles_buf = dev.upload(&tiles)?;
             let tp = tiles_buf.ptr();
-            let f = dev.function(&modules::ATTENTION, &format!("attention_fwd_mma_d{d}"))?;
-            let smem = fwd_smem(d);
+            let f = dev.function(&modules::ATTENTION, &name)?;
             allow_smem(&f, smem)?;
             let scale_log2 = opts.scale * std::f32::consts::LOG2_E;
             let mut b = dev.stream().launch_builder(&f);
@@ -326,10 +342,11 @@ pub(crate) fn backward(
     unsafe { b.launch(cuda::cfg(warp_grid(t * hq), THREADS, 0)) }.map_err(cuda::launch_err(OP))?;
 
     let dq = match kernel {
-        Kernel::Mma => {
+        Kernel::Mma | Kernel::MmaV1 => {
             let causal_b = opts.causal;
             let tiles = tile_table(
                 cu_seqlens,
+                TILE,
                 |k0, s0, s1| {
                     if causal_b { s1 - k0 } else { s1 - s0 }
                 },
@@ -339,8 +356,12 @@ pub(crate) fn backward(
             let tp = tiles_buf.ptr();
             let acc = Tensor::try_zeros(q.shape(), DType::F32, dev_of)?;
             let accp = ptr(&acc, "dq accumulator")?;
-            let f = dev.function(&modules::ATTENTION, &format!("attention_bwd_mma_d{d}"))?;
-            let smem = bwd_smem(d);
+            let (name, smem) = if kernel == Kernel::MmaV1 {
+                (format!("attention_bwd_mma_v1_d{d}"), bwd_smem(d, 1))
+            } else {
+                (format!("attention_bwd_mma_d{d}"), bwd_smem(d, 2))
+            };
+            let f = dev.function(&modules::ATTENTION, &name)?;
             allow_smem(&f, smem)?;
             let scale_log2 = opts.scale * std::f32::consts::LOG2_E;
             let mut b = dev.stream().launch_builder(&f);
@@ -439,7 +460,7 @@ mod tests {
     #[test]
     fn tile_table_covers_every_sequence_heaviest_first() {
         let cu = [0u32, 1, 1, 130, 200];
-        let t = tile_table(&cu, |t0, s0, _| t0 + TILE - s0);
+        let t = tile_table(&cu, TILE, |t0, s0, _| t0 + TILE - s0);
         let tiles: Vec<[i32; 3]> = t.chunks(3).map(|c| [c[0], c[1], c[2]]).collect();
         let mut sorted = tiles.clone();
         sorted.sort();
@@ -461,10 +482,15 @@ mod tests {
 
     #[test]
     fn shared_memory_sizes_mirror_the_kernels() {
-        // K, V [64][D+8] bf16 forward; backward adds Q, dO [BR][D+8], dS [BR][72], lse, delta.
-        assert_eq!(fwd_smem(128), 34_816);
-        assert_eq!(bwd_smem(128), 57_088);
-        assert_eq!(bwd_smem(64), 46_592);
+        // v1 forward: K, V [64][D+8] bf16; v2 forward: Q [128][D+8], K, V [32][D+8].
+        assert_eq!(fwd_smem_v1(128), 34_816);
+        assert_eq!(fwd_smem(128), 52_224);
+        assert_eq!(fwd_smem(64), 27_648);
+        // Backward: K, V; Q, dO [BR][D+8], dS [BR][72], lse, delta, once (v1) or twice (v2).
+        assert_eq!(bwd_smem(128, 1), 57_088);
+        assert_eq!(bwd_smem(64, 1), 46_592);
+        assert_eq!(bwd_smem(128, 2), 57_088 + 2 * 32 * 136 * 2 + 2 * 32 * 4);
+        assert_eq!(bwd_smem(64, 2), 46_592 + 2 * 64 * 72 * 2 + 2 * 64 * 4);
     }
 
     #[test]
@@ -485,6 +511,11 @@ mod tests {
             Kernel::Simple
         );
         assert!(resolve(Kernel::Mma, DType::F32, 64).is_err());
+        assert!(resolve(Kernel::MmaV1, DType::F32, 64).is_err());
+        assert_eq!(
+            resolve(Kernel::MmaV1, DType::BF16, 64).unwrap(),
+            Kernel::MmaV1
+        );
         assert!(resolve(Kernel::Simple, DType::BF16, 264).is_err());
     }
 }

@@ -39,8 +39,12 @@ pub enum AttentionKernel {
     /// 64 or 128), else the simple ones; always simple when the environment
     /// has `LLM2COMP_ATTN_SIMPLE=1`.
     Auto,
-    /// The tensor-core kernels; an error where they do not apply.
+    /// The tensor-core kernels (the current version, v2); an error where they
+    /// do not apply.
     Mma,
+    /// The first tensor-core version (v1), kept so a benchmark can measure
+    /// each tuning step against it in the same run; same constraints as `Mma`.
+    MmaV1,
     /// The warp-per-row f32-math kernels (bf16 or f32, head_dim <= 256): slow,
     /// and simple enough to trust when checking the tensor-core ones.
     Simple,

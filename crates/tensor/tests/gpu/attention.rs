@@ -145,26 +145,32 @@ fn bf16_cases(d: usize, causal: bool) -> Vec<Case> {
         .collect()
 }
 
-const BOTH: &[AttentionKernel] = &[AttentionKernel::Mma, AttentionKernel::Simple];
+/// Every kernel set: the current MMA version, the first one (kept for the
+/// benchmarks' same-run comparison, so it must stay right), the simple one.
+const ALL_KERNELS: &[AttentionKernel] = &[
+    AttentionKernel::Mma,
+    AttentionKernel::MmaV1,
+    AttentionKernel::Simple,
+];
 
 #[test]
 fn attention_bf16_d64_causal() {
-    check(&bf16_cases(64, true), BOTH);
+    check(&bf16_cases(64, true), ALL_KERNELS);
 }
 
 #[test]
 fn attention_bf16_d64_bidirectional() {
-    check(&bf16_cases(64, false), BOTH);
+    check(&bf16_cases(64, false), ALL_KERNELS);
 }
 
 #[test]
 fn attention_bf16_d128_causal() {
-    check(&bf16_cases(128, true), BOTH);
+    check(&bf16_cases(128, true), ALL_KERNELS);
 }
 
 #[test]
 fn attention_bf16_d128_bidirectional() {
-    check(&bf16_cases(128, false), BOTH);
+    check(&bf16_cases(128, false), ALL_KERNELS);
 }
 
 #[test]
@@ -179,7 +185,7 @@ fn attention_bf16_dropout_drops_what_the_cpu_drops() {
         dropout,
         dtype: DType::BF16,
     }];
-    check(&cases, BOTH);
+    check(&cases, ALL_KERNELS);
 }
 
 #[test]
@@ -237,5 +243,5 @@ fn attention_small_cases_for_the_sanitizers() {
             });
         }
     }
-    check(&cases, BOTH);
+    check(&cases, ALL_KERNELS);
 }
