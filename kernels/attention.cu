@@ -203,6 +203,14 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+// 2^x by the SFU alone (relative error ~2^-22; ex2(-inf) = 0): exp2f without
+// fast math adds range handling around the same instruction.
+__device__ __forceinline__ float ex2_approx(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
 #endif  // ATTN_HOST_EMU
 
 // Stages rows row0 .. row0+R-1 of head `head` of a [T, H, D] bf16 tensor into a
@@ -226,7 +234,15 @@ __device__ __forceinline__ void load_rows(bf16* dst, const bf16* src, int row0, 
 
 // ------------------------------------------------------------ MMA forward
 
-template <int D>
+// FAST (v3): scores stay unscaled until the exponent, which is one FFMA
+// (s * scale_log2 - max) into ex2.approx, instead of a multiply per score, a
+// subtract and exp2f's range handling (the row maxima are scaled instead: the
+// scale is positive, so the maximum is the same score).
+template <bool FAST> __device__ __forceinline__ float pow2(float x) {
+    return FAST ? ex2_approx(x) : exp2f(x);
+}
+
+template <int D, bool FAST>
 __device__ __forceinline__ void fwd_mma(const bf16* __restrict__ q, const bf16* __restrict__ k,
                                         const bf16* __restrict__ v, bf16* __restrict__ o,
                                         float* __restrict__ lse, const int* __restrict__ tiles,
@@ -302,7 +318,7 @@ __device__ __forceinline__ void fwd_mma(const bf16* __restrict__ q, const bf16* 
         for (int n = 0; n < NS; ++n) {
 #pragma unroll
             for (int r = 0; r < 4; ++r) {
-                float x = sc[n][r] * scale_log2;
+                float x = FAST ? sc[n][r] : sc[n][r] * scale_log2;
                 if (need_mask) {
                     const int key = k0 + n * 8 + tig * 2 + (r & 1);
                     const int row = r < 2 ? row_a : row_b;
@@ -317,20 +333,26 @@ __device__ __forceinline__ void fwd_mma(const bf16* __restrict__ q, const bf16* 
         mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
         mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
         mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+        if (FAST) {
+            mx_a *= scale_log2;
+            mx_b *= scale_log2;
+        }
         const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
         // A row with nothing visible yet keeps reference 0: exp2(-inf - 0) = 0, no NaN.
         const float base_a = mn_a == -INFINITY ? 0.0f : mn_a;
         const float base_b = mn_b == -INFINITY ? 0.0f : mn_b;
-        const float corr_a = exp2f(m_a - base_a), corr_b = exp2f(m_b - base_b);
+        const float corr_a = pow2<FAST>(m_a - base_a), corr_b = pow2<FAST>(m_b - base_b);
         m_a = mn_a;
         m_b = mn_b;
         float sum_a = 0.0f, sum_b = 0.0f;
+        // v1: the scores are scaled already; v3: scale inside the FFMA.
+        const float mul = FAST ? scale_log2 : 1.0f;
 #pragma unroll
         for (int n = 0; n < NS; ++n) {
-            sc[n][0] = exp2f(sc[n][0] - base_a);
-            sc[n][1] = exp2f(sc[n][1] - base_a);
-            sc[n][2] = exp2f(sc[n][2] - base_b);
-            sc[n][3] = exp2f(sc[n][3] - base_b);
+            sc[n][0] = pow2<FAST>(fmaf(sc[n][0], mul, -base_a));
+            sc[n][1] = pow2<FAST>(fmaf(sc[n][1], mul, -base_a));
+            sc[n][2] = pow2<FAST>(fmaf(sc[n][2], mul, -base_b));
+            sc[n][3] = pow2<FAST>(fmaf(sc[n][3], mul, -base_b));
             sum_a += sc[n][0] + sc[n][1];
             sum_b += sc[n][2] + sc[n][3];
         }
@@ -412,16 +434,18 @@ __device__ __forceinline__ void fwd_mma(const bf16* __restrict__ q, const bf16* 
     }
 }
 
-#define FWD_MMA(DIM)                                                                            \
-    extern "C" __global__ void __launch_bounds__(128) attention_fwd_mma_v1_d##DIM(               \
+#define FWD_MMA(NAME, DIM, FAST)                                                                \
+    extern "C" __global__ void __launch_bounds__(128) NAME(                                      \
         const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, const int* tiles,      \
         int tokens, int hq, int hkv, float scale_log2, int causal, uint64_t seed,                \
         uint64_t offset, uint64_t thr, float inv_keep, int drop_on) {                            \
         Drop drop{seed, offset, thr, (uint64_t)tokens, inv_keep, drop_on};                       \
-        fwd_mma<DIM>(q, k, v, o, lse, tiles, tokens, hq, hkv, scale_log2, causal, drop);         \
+        fwd_mma<DIM, FAST>(q, k, v, o, lse, tiles, tokens, hq, hkv, scale_log2, causal, drop);   \
     }
-FWD_MMA(64)
-FWD_MMA(128)
+FWD_MMA(attention_fwd_mma_v1_d64, 64, false)
+FWD_MMA(attention_fwd_mma_v1_d128, 128, false)
+FWD_MMA(attention_fwd_mma_d64, 64, true)
+FWD_MMA(attention_fwd_mma_d128, 128, true)
 
 // ------------------------------------------------------ MMA forward, v2
 // As fwd_mma, but a CTA owns 128 query rows and each of its 4 warps owns two
@@ -640,7 +664,7 @@ __device__ __forceinline__ void fwd_mma2(const bf16* __restrict__ q, const bf16*
 }
 
 #define FWD_MMA2(DIM)                                                                           \
-    extern "C" __global__ void __launch_bounds__(128) attention_fwd_mma_d##DIM(                  \
+    extern "C" __global__ void __launch_bounds__(128) attention_fwd_mma_v2_d##DIM(               \
         const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, const int* tiles,      \
         int tokens, int hq, int hkv, float scale_log2, int causal, uint64_t seed,                \
         uint64_t offset, uint64_t thr, float inv_keep, int drop_on) {                            \
@@ -695,7 +719,12 @@ template <int D> struct BwdTile { static constexpr int BR = D == 128 ? 32 : 64; 
 // and the next one's Q, dO, lse and delta load into the other buffer while
 // the current one computes. v1 (no PREFETCH) loads each tile and waits for
 // it, so every tile exposed a full global-memory round trip.
-template <int D, bool PREFETCH>
+// NW warps own 16 keys each, so a CTA holds BC = 16 NW keys. Every CTA
+// re-reads the Q and dO of its whole sequence (per query head of its group)
+// and adds its dQ share by atomics, so that L2 traffic scales with the number
+// of key tiles: NW = 8 halves it against NW = 4 (v1, v2), at the same 8 warps
+// per SM (registers allow one CTA of 8 or two of 4).
+template <int D, int NW, bool PREFETCH>
 __device__ __forceinline__ void bwd_mma(const bf16* __restrict__ q, const bf16* __restrict__ k,
                                         const bf16* __restrict__ v, const bf16* __restrict__ dout,
                                         const float* __restrict__ lse,
@@ -703,13 +732,13 @@ __device__ __forceinline__ void bwd_mma(const bf16* __restrict__ q, const bf16* 
                                         bf16* __restrict__ dk, bf16* __restrict__ dv,
                                         const int* __restrict__ tiles, int tokens, int hq, int hkv,
                                         float scale, float scale_log2, int causal, Drop drop) {
-    constexpr int BC = 64, BR = BwdTile<D>::BR, STRIDE = D + 8, SSTRIDE = BC + 8;
+    constexpr int BC = 16 * NW, BR = BwdTile<D>::BR, STRIDE = D + 8, SSTRIDE = BC + 8;
     constexpr int NQ = BR / 8;             // n-tiles of a 16 x BR transposed score block
     constexpr int ND = D / 8;              // n-tiles of a 16 x D gradient block
     constexpr int RG = BR / 16;            // dQ: row groups of 16 queries
-    constexpr int DW = D / (4 / RG);       // dQ: columns per warp
+    constexpr int DW = D / (NW / RG);      // dQ: columns per warp
     constexpr int NDW = DW / 8;
-    static_assert(DW % 16 == 0 && 4 % RG == 0, "dQ warp split");
+    static_assert(DW % 16 == 0 && NW % RG == 0, "dQ warp split");
     extern __shared__ __align__(16) unsigned char smem[];
     bf16* ks = reinterpret_cast<bf16*>(smem);
     bf16* vs = ks + BC * STRIDE;
@@ -922,20 +951,22 @@ __device__ __forceinline__ void bwd_mma(const bf16* __restrict__ q, const bf16* 
     }
 }
 
-#define BWD_MMA(NAME, DIM, PREFETCH)                                                            \
-    extern "C" __global__ void __launch_bounds__(128) NAME(                                      \
+#define BWD_MMA(NAME, DIM, NW, PREFETCH)                                                        \
+    extern "C" __global__ void __launch_bounds__(32 * NW) NAME(                                  \
         const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,         \
         const float* delta, float* dq_acc, bf16* dk, bf16* dv, const int* tiles, int tokens,     \
         int hq, int hkv, float scale, float scale_log2, int causal, uint64_t seed,               \
         uint64_t offset, uint64_t thr, float inv_keep, int drop_on) {                            \
         Drop drop{seed, offset, thr, (uint64_t)tokens, inv_keep, drop_on};                       \
-        bwd_mma<DIM, PREFETCH>(q, k, v, dout, lse, delta, dq_acc, dk, dv, tiles, tokens, hq, hkv, \
-                               scale, scale_log2, causal, drop);                                 \
+        bwd_mma<DIM, NW, PREFETCH>(q, k, v, dout, lse, delta, dq_acc, dk, dv, tiles, tokens, hq,  \
+                                   hkv, scale, scale_log2, causal, drop);                        \
     }
-BWD_MMA(attention_bwd_mma_v1_d64, 64, false)
-BWD_MMA(attention_bwd_mma_v1_d128, 128, false)
-BWD_MMA(attention_bwd_mma_d64, 64, true)
-BWD_MMA(attention_bwd_mma_d128, 128, true)
+BWD_MMA(attention_bwd_mma_v1_d64, 64, 4, false)
+BWD_MMA(attention_bwd_mma_v1_d128, 128, 4, false)
+BWD_MMA(attention_bwd_mma_v2_d64, 64, 4, true)
+BWD_MMA(attention_bwd_mma_v2_d128, 128, 4, true)
+BWD_MMA(attention_bwd_mma_d64, 64, 8, true)
+BWD_MMA(attention_bwd_mma_d128, 128, 8, true)
 
 // ---------------------------------------------------------- simple kernels
 // One warp per row; lane l holds head-dimension entries l, l+32, ... (< D <= 256).

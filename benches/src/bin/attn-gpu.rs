@@ -1,12 +1,15 @@
 //! CUDA attention throughput: forward and backward TFLOP/s of the MMA kernels
-//! (the current v2 and the first version v1, back to back, so each tuning step
-//! is measured against the last in the same run) at Hq = Hkv = 32, D = 128,
+//! (v1, v2 and the current v3, back to back, so each tuning step is measured
+//! against the last in the same run) at Hq = Hkv = 32, D = 128,
 //! bf16, for 8 × 512 and 2 × 4096 tokens, causal and bidirectional, timed with
 //! CUDA events on the op's stream (so the
 //! numbers compare with torch SDPA timed the same way). FLOPs follow the
 //! FlashAttention convention: forward 4·T·Hq·D·S_eff with S_eff the sequence
 //! length, halved when causal; backward 2.5 × forward. Prints one line per
 //! shape; prints `SKIPPED (no CUDA device)` and exits 0 without a GPU.
+//!
+//! For a profiler: `ATTN_GPU_SHAPES=2x4096` keeps the named batch×seq shapes,
+//! `ATTN_GPU_ITERS=N` times N calls after one warm-up call instead of 10 after 3.
 
 use cudarc::driver::sys::CUevent_flags;
 use llm2comp_benches::random;
@@ -17,8 +20,23 @@ use llm2comp_tensor::{DType, Device, Tensor, cuda};
 
 const HEADS: usize = 32;
 const D: usize = 128;
-const WARMUP: usize = 3;
-const ITERS: usize = 10;
+/// (warm-up calls, timed calls): 3 and 10 unless `ATTN_GPU_ITERS` says otherwise.
+fn iters() -> (usize, usize) {
+    match std::env::var("ATTN_GPU_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(n) => (1, n),
+        None => (3, 10),
+    }
+}
+
+/// The shape is wanted unless `ATTN_GPU_SHAPES` (e.g. "2x4096,8x512") omits it.
+fn wanted(batch: usize, seq: usize) -> bool {
+    std::env::var("ATTN_GPU_SHAPES").map_or(true, |v| {
+        v.split(',').any(|s| s.trim() == format!("{batch}x{seq}"))
+    })
+}
 
 fn gpu(shape: &[usize], seed: u64, dev: Device) -> Tensor {
     random(shape, 1.0, seed)
@@ -29,20 +47,21 @@ fn gpu(shape: &[usize], seed: u64, dev: Device) -> Tensor {
 
 /// Milliseconds per call of `f`, from CUDA events around `ITERS` calls.
 fn time_ms(dev: &cuda::CudaDevice, mut f: impl FnMut()) -> f64 {
-    for _ in 0..WARMUP {
+    let (warmup, n) = iters();
+    for _ in 0..warmup {
         f();
     }
     let stream = dev.stream();
     let start = stream
         .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
         .expect("event");
-    for _ in 0..ITERS {
+    for _ in 0..n {
         f();
     }
     let end = stream
         .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
         .expect("event");
-    start.elapsed_ms(&end).expect("elapsed") as f64 / ITERS as f64
+    start.elapsed_ms(&end).expect("elapsed") as f64 / n as f64
 }
 
 fn main() {
@@ -55,16 +74,22 @@ fn main() {
     };
     let dev = Device::Cuda(0);
     for (batch, seq) in [(8usize, 512usize), (2, 4096)] {
+        if !wanted(batch, seq) {
+            continue;
+        }
         let t = batch * seq;
         let cu: Vec<u32> = (0..=batch).map(|b| (b * seq) as u32).collect();
         let q = gpu(&[t, HEADS, D], 1, dev);
         let k = gpu(&[t, HEADS, D], 2, dev);
         let v = gpu(&[t, HEADS, D], 3, dev);
         let dout = gpu(&[t, HEADS, D], 4, dev);
-        for (causal, kernel) in [true, false]
-            .into_iter()
-            .flat_map(|c| [(c, AttentionKernel::MmaV1), (c, AttentionKernel::Mma)])
-        {
+        for (causal, kernel) in [true, false].into_iter().flat_map(|c| {
+            [
+                (c, AttentionKernel::MmaV1),
+                (c, AttentionKernel::MmaV2),
+                (c, AttentionKernel::Mma),
+            ]
+        }) {
             let opts = AttentionOpts::new(D, causal);
             let out = forward_with(&q, &k, &v, &cu, &opts, kernel).expect("forward");
             let fwd_ms = time_ms(&cuda_dev, || {
@@ -74,10 +99,10 @@ fn main() {
                 backward_with(&dout, &q, &k, &v, &out.o, &out.lse, &cu, &opts, kernel)
                     .expect("backward");
             });
-            let version = if kernel == AttentionKernel::MmaV1 {
-                "v1"
-            } else {
-                "v2"
+            let version = match kernel {
+                AttentionKernel::MmaV1 => "v1",
+                AttentionKernel::MmaV2 => "v2",
+                _ => "v3",
             };
             let s_eff = if causal { seq as f64 / 2.0 } else { seq as f64 };
             let fwd_flops = 4.0 * t as f64 * HEADS as f64 * D as f64 * s_eff;

@@ -32,6 +32,8 @@ const TILE: usize = 64;
 const FWD2_ROWS: usize = 128;
 /// Key rows per tile of the v2 forward (`Fwd2Tile::BC`).
 const FWD2_KEYS: usize = 32;
+/// Key rows per tile of the v3 backward (8 warps × 16 keys).
+const BWD3_KEYS: usize = 128;
 /// Largest head dimension of the simple kernels (8 values × 32 lanes).
 const MAX_SIMPLE_D: usize = 256;
 /// Threads per block of every attention kernel.
@@ -44,8 +46,8 @@ fn resolve(kernel: Kernel, dtype: DType, d: usize) -> Result<Kernel> {
     match kernel {
         Kernel::Auto if simple_forced() || !mma_fits => resolve(Kernel::Simple, dtype, d),
         Kernel::Auto => Ok(Kernel::Mma),
-        Kernel::Mma | Kernel::MmaV1 if mma_fits => Ok(kernel),
-        Kernel::Mma | Kernel::MmaV1 => Err(TensorError::invalid(
+        Kernel::Mma | Kernel::MmaV1 | Kernel::MmaV2 if mma_fits => Ok(kernel),
+        Kernel::Mma | Kernel::MmaV1 | Kernel::MmaV2 => Err(TensorError::invalid(
             OP,
             format!("the MMA kernels need bf16 and head_dim 64 or 128, got {dtype:?} and {d}"),
         )),
@@ -155,16 +157,55 @@ fn fwd_smem_v1(d: usize) -> u32 {
 }
 
 /// v2: Q [128][D+8], K, V [32][D+8] bf16.
-fn fwd_smem(d: usize) -> u32 {
+fn fwd_smem_v2(d: usize) -> u32 {
     ((FWD2_ROWS + 2 * FWD2_KEYS) * (d + 8) * 2) as u32
 }
 
-/// K, V [64][D+8]; `buffers` × (Q, dO [BR][D+8]); dS [BR][72] bf16; `buffers` ×
-/// (lse, delta [BR]) f32. v2 double-buffers (2), v1 does not (1).
-fn bwd_smem(d: usize, buffers: usize) -> u32 {
+/// The forward kernel of a version: (name, query rows per tile, shared bytes).
+/// v3 is v1's layout with the fused exponent: v2's 128-row tiles were not
+/// faster on the H100 (docs/kernels.md).
+fn fwd_kernel(kernel: Kernel, d: usize) -> (String, usize, u32) {
+    match kernel {
+        Kernel::MmaV1 => (format!("attention_fwd_mma_v1_d{d}"), TILE, fwd_smem_v1(d)),
+        Kernel::MmaV2 => (
+            format!("attention_fwd_mma_v2_d{d}"),
+            FWD2_ROWS,
+            fwd_smem_v2(d),
+        ),
+        _ => (format!("attention_fwd_mma_d{d}"), TILE, fwd_smem_v1(d)),
+    }
+}
+
+/// K, V [keys][D+8]; `buffers` × (Q, dO [BR][D+8]); dS [BR][keys+8] bf16;
+/// `buffers` × (lse, delta [BR]) f32. v2 and v3 double-buffer (2), v1 does not.
+fn bwd_smem(d: usize, keys: usize, buffers: usize) -> u32 {
     let br = bwd_rows(d);
-    ((2 * TILE * (d + 8) + buffers * 2 * br * (d + 8) + br * (TILE + 8)) * 2 + buffers * 2 * br * 4)
+    ((2 * keys * (d + 8) + buffers * 2 * br * (d + 8) + br * (keys + 8)) * 2 + buffers * 2 * br * 4)
         as u32
+}
+
+/// The backward kernel of a version: (name, keys per tile, threads, shared bytes).
+fn bwd_kernel(kernel: Kernel, d: usize) -> (String, usize, u32, u32) {
+    match kernel {
+        Kernel::MmaV1 => (
+            format!("attention_bwd_mma_v1_d{d}"),
+            TILE,
+            THREADS,
+            bwd_smem(d, TILE, 1),
+        ),
+        Kernel::MmaV2 => (
+            format!("attention_bwd_mma_v2_d{d}"),
+            TILE,
+            THREADS,
+            bwd_smem(d, TILE, 2),
+        ),
+        _ => (
+            format!("attention_bwd_mma_d{d}"),
+            BWD3_KEYS,
+            2 * BWD3_KEYS as u32,
+            bwd_smem(d, BWD3_KEYS, 2),
+        ),
+    }
 }
 
 /// Allows `bytes` of dynamic shared memory (beyond the default 48 KiB).
@@ -230,13 +271,9 @@ pub(crate) fn forward(
     let (t32, hq32, hkv32, d32) = (t as i32, hq as i32, hkv as i32, d as i32);
     let causal = opts.causal as i32;
     match kernel {
-        Kernel::Mma | Kernel::MmaV1 => {
+        Kernel::Mma | Kernel::MmaV1 | Kernel::MmaV2 => {
             let causal_b = opts.causal;
-            let (rows, name, smem) = if kernel == Kernel::MmaV1 {
-                (TILE, format!("attention_fwd_mma_v1_d{d}"), fwd_smem_v1(d))
-            } else {
-                (FWD2_ROWS, format!("attention_fwd_mma_d{d}"), fwd_smem(d))
-            };
+            let (name, rows, smem) = fwd_kernel(kernel, d);
             let tiles = tile_table(cu_seqlens, rows, |t0, s0, s1| {
                 if causal_b { t0 + rows - s0 } else { s1 - s0 }
             });
@@ -342,11 +379,12 @@ pub(crate) fn backward(
     unsafe { b.launch(cuda::cfg(warp_grid(t * hq), THREADS, 0)) }.map_err(cuda::launch_err(OP))?;
 
     let dq = match kernel {
-        Kernel::Mma | Kernel::MmaV1 => {
+        Kernel::Mma | Kernel::MmaV1 | Kernel::MmaV2 => {
             let causal_b = opts.causal;
+            let (name, keys, threads, smem) = bwd_kernel(kernel, d);
             let tiles = tile_table(
                 cu_seqlens,
-                TILE,
+                keys,
                 |k0, s0, s1| {
                     if causal_b { s1 - k0 } else { s1 - s0 }
                 },
@@ -356,11 +394,7 @@ pub(crate) fn backward(
             let tp = tiles_buf.ptr();
             let acc = Tensor::try_zeros(q.shape(), DType::F32, dev_of)?;
             let accp = ptr(&acc, "dq accumulator")?;
-            let (name, smem) = if kernel == Kernel::MmaV1 {
-                (format!("attention_bwd_mma_v1_d{d}"), bwd_smem(d, 1))
-            } else {
-                (format!("attention_bwd_mma_d{d}"), bwd_smem(d, 2))
-            };
+
             let f = dev.function(&modules::ATTENTION, &name)?;
             allow_smem(&f, smem)?;
             let scale_log2 = opts.scale * std::f32::consts::LOG2_E;
@@ -381,7 +415,7 @@ pub(crate) fn backward(
             b.arg(&opts.scale).arg(&scale_log2).arg(&causal);
             b.arg(&drop.seed).arg(&drop.offset).arg(&drop.thr);
             b.arg(&drop.inv_keep).arg(&drop.on);
-            unsafe { b.launch(cuda::cfg((n_tiles, hkv as u32, 1), THREADS, smem)) }
+            unsafe { b.launch(cuda::cfg((n_tiles, hkv as u32, 1), threads, smem)) }
                 .map_err(cuda::launch_err(OP))?;
 
             let dq = Tensor::empty(q.shape(), dtype, dev_of)?;
@@ -484,13 +518,19 @@ mod tests {
     fn shared_memory_sizes_mirror_the_kernels() {
         // v1 forward: K, V [64][D+8] bf16; v2 forward: Q [128][D+8], K, V [32][D+8].
         assert_eq!(fwd_smem_v1(128), 34_816);
-        assert_eq!(fwd_smem(128), 52_224);
-        assert_eq!(fwd_smem(64), 27_648);
-        // Backward: K, V; Q, dO [BR][D+8], dS [BR][72], lse, delta, once (v1) or twice (v2).
-        assert_eq!(bwd_smem(128, 1), 57_088);
-        assert_eq!(bwd_smem(64, 1), 46_592);
-        assert_eq!(bwd_smem(128, 2), 57_088 + 2 * 32 * 136 * 2 + 2 * 32 * 4);
-        assert_eq!(bwd_smem(64, 2), 46_592 + 2 * 64 * 72 * 2 + 2 * 64 * 4);
+        assert_eq!(fwd_smem_v2(128), 52_224);
+        assert_eq!(fwd_smem_v2(64), 27_648);
+        // Backward: K, V [keys][D+8]; Q, dO [BR][D+8], dS [BR][keys+8], lse,
+        // delta, once (v1) or twice (v2, v3).
+        assert_eq!(bwd_smem(128, 64, 1), 57_088);
+        assert_eq!(bwd_smem(64, 64, 1), 46_592);
+        assert_eq!(bwd_smem(128, 64, 2), 57_088 + 2 * 32 * 136 * 2 + 2 * 32 * 4);
+        assert_eq!(bwd_smem(64, 64, 2), 46_592 + 2 * 64 * 72 * 2 + 2 * 64 * 4);
+        // v3 at D = 128: K, V [128][136], 2 × Q, dO [32][136], dS [32][136].
+        let v3 = (2 * 128 * 136 + 2 * 2 * 32 * 136 + 32 * 136) * 2 + 2 * 2 * 32 * 4;
+        assert_eq!(bwd_smem(128, 128, 2), v3 as u32);
+        assert_eq!(bwd_kernel(Kernel::Mma, 128).3, v3 as u32);
+        assert_eq!(bwd_kernel(Kernel::Mma, 128).2, 256);
     }
 
     #[test]
@@ -512,6 +552,7 @@ mod tests {
         );
         assert!(resolve(Kernel::Mma, DType::F32, 64).is_err());
         assert!(resolve(Kernel::MmaV1, DType::F32, 64).is_err());
+        assert!(resolve(Kernel::MmaV2, DType::BF16, 96).is_err());
         assert_eq!(
             resolve(Kernel::MmaV1, DType::BF16, 64).unwrap(),
             Kernel::MmaV1

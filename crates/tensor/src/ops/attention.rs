@@ -39,12 +39,14 @@ pub enum AttentionKernel {
     /// 64 or 128), else the simple ones; always simple when the environment
     /// has `LLM2COMP_ATTN_SIMPLE=1`.
     Auto,
-    /// The tensor-core kernels (the current version, v2); an error where they
+    /// The tensor-core kernels (the current version, v3); an error where they
     /// do not apply.
     Mma,
     /// The first tensor-core version (v1), kept so a benchmark can measure
     /// each tuning step against it in the same run; same constraints as `Mma`.
     MmaV1,
+    /// The second version (v2), kept for the same comparison.
+    MmaV2,
     /// The warp-per-row f32-math kernels (bf16 or f32, head_dim <= 256): slow,
     /// and simple enough to trust when checking the tensor-core ones.
     Simple,

@@ -145,11 +145,12 @@ fn bf16_cases(d: usize, causal: bool) -> Vec<Case> {
         .collect()
 }
 
-/// Every kernel set: the current MMA version, the first one (kept for the
-/// benchmarks' same-run comparison, so it must stay right), the simple one.
+/// Every kernel set: the current MMA version, the earlier ones (kept for the
+/// benchmarks' same-run comparison, so they must stay right), the simple one.
 const ALL_KERNELS: &[AttentionKernel] = &[
     AttentionKernel::Mma,
     AttentionKernel::MmaV1,
+    AttentionKernel::MmaV2,
     AttentionKernel::Simple,
 ];
 
