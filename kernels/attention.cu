@@ -28,9 +28,15 @@
 //     f32 tensors and for head dims the MMA kernels do not instantiate, and the
 //     GPU tests run both, so a failure localises to the MMA code or not.
 //
-// MMA FORWARD (attention_fwd_mma_v1_d*; v2 = attention_fwd_mma_d*, the
-//   launcher's default, differs as its comment at fwd_mma2 says: 128-row
-//   query tiles, two m-tiles per warp, Q in shared memory, 32-key tiles)
+// VERSIONS (docs/kernels.md has each one's prediction and measured outcome)
+//   v3, the launcher's default (unprefixed names): v1's forward with the
+//     score scale fused into the exponent's FFMA (fwd_mma's FAST); the
+//     backward with 128-key tiles on 8 warps and the next query tile
+//     prefetched (bwd_mma<D, 8, true>).
+//   v1 (*_v1_*) and v2 (*_v2_*: fwd_mma2, bwd_mma<D, 4, true>) stay so the
+//     benchmark measures each step against them in the same run.
+//
+// MMA FORWARD (attention_fwd_mma_{v1_,}d*; v2 differs as fwd_mma2 says)
 //   Grid (tiles, Hq), 128 threads = 4 warps. A tile is 64 query rows of one
 //   sequence, given by the host table tiles[3*t..] = (q0, seq_start, seq_end)
 //   (sorted so that the longest tiles start first). Warp w owns query rows
@@ -45,8 +51,9 @@
 //   into one multiplier, exp2f); row sums stay per-thread partial and are
 //   reduced across the 4 threads of a row at the end.
 //
-// MMA BACKWARD (attention_bwd_delta_*, attention_bwd_mma_{v1_,}d*, attention_dq_cast_bf16;
-//   v2 prefetches the next query tile, see bwd_mma's PREFETCH)
+// MMA BACKWARD (attention_bwd_delta_*, attention_bwd_mma_{v1_,v2_,}d*,
+//   attention_dq_cast_bf16; described for v1's 4 warps and 64 keys: v3 has
+//   NW = 8 warps and 16 NW = 128 keys, and v2, v3 prefetch, see bwd_mma)
 //   delta = rowsum(dO o O) first (one warp per row). Then grid (key tiles,
 //   Hkv), 4 warps: a CTA owns 64 keys of one sequence and kv head g, keeps its
 //   K and V tiles in shared memory, and loops over the group's query heads and
