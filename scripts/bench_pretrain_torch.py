@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Baseline for the stage-1 compression training step: LLM2Comp's step done
-the way the authors' PyTorch code does it, timed on the CPU.
+the way the authors' PyTorch code does it, timed on the CPU or on one CUDA
+GPU.
 
 What "the authors' way" means here (read off their models.py / pretext
 script; this is a re-implementation, not their code):
@@ -48,8 +49,23 @@ a line; tokenised without special tokens, truncated to --max-tokens, lines
 shorter than 24 tokens skipped, first --passages kept, split = T // 2;
 `--write-batch OUT` saves that batch in the --batch format).
 
-Model: `--gguf FILE` (transformers' GGUF loader, dequantised to --dtype) or
-`--model DIR` (a Hugging Face checkpoint).
+Model: `--gguf FILE` (transformers' GGUF loader, dequantised to --dtype),
+`--model DIR` (a Hugging Face checkpoint) or `--config FILE` (a Hugging Face
+config.json, e.g. a Llama one: the model is built with
+`AutoModelForCausalLM.from_config` in --dtype after `torch.manual_seed(--seed)`,
+so its weights are random but the same on every run with the same seed and
+torch version; there is no tokenizer, so this mode takes --batch or --batches,
+not --data).
+
+GPU mode (`--device cuda`): models, optimizer state and batch tensors live on
+cuda:0; each step is timed between two `torch.cuda.synchronize()` calls.
+Once models, optimizer and batch are on the device, the peak-memory counter
+is reset and `torch.cuda.memory_allocated()` is recorded as the base; after
+the last step `torch.cuda.max_memory_allocated()` is the peak (warm-up steps
+included, so the AdamW state created at the first optimizer step counts).
+The result reports `peak_device_bytes` (absolute) and
+`peak_device_bytes_over_base` (peak - base); both are null on the CPU.
+`--device cuda` without a usable CUDA device exits with a message.
 
 Output (stdout and `--json OUT`): step seconds (median, mean, each), steps/s,
 text tokens/s and forward tokens/s, peak RSS (getrusage ru_maxrss, MiB,
@@ -58,13 +74,21 @@ Token counts: `text_tokens` = sum of T over the batch (t_1..t_T);
 `forward_tokens` = encoder inputs (1 + |enc_text| + k) + decoder inputs
 (k + L) + teacher inputs (T, KL only), unpadded; `padded_forward_tokens` =
 the same with every tensor at its padded length (what is computed).
+A last stdout line `BENCH {...}` (json.dumps of a dict, after the prefix
+`BENCH `) summarises the run: impl "torch", name (--bench-name), ms (median
+step milliseconds), tokens_per_s (text tokens/s), peak_bytes (peak device
+bytes over base, null on the CPU), peak_bytes_abs (absolute peak, null on the
+CPU), loss (the first timed step's loss; null if it is not finite).
 
-usage: bench_pretrain_torch.py --gguf F.gguf --batch b.json [--objective kl]
-       [--steps 5] [--warmup 1] [--threads 2] [--dtype f32|bf16] [--json OUT]
+usage: bench_pretrain_torch.py (--gguf F.gguf | --model DIR | --config cfg.json)
+       (--batch b.json | --batches b.jsonl | --data text.txt) [--objective kl]
+       [--steps 5] [--warmup 1] [--threads 2] [--dtype f32|bf16|f64]
+       [--device cpu|cuda] [--bench-name NAME] [--json OUT]
 """
 import argparse
 import copy
 import json
+import math
 import os
 import resource
 import statistics
@@ -78,7 +102,35 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 TARGETS = ["q_proj", "v_proj", "o_proj", "down_proj", "up_proj", "gate_proj"]
 
 
+def from_config(path, dtype, seed):
+    """A randomly initialised causal LM from a config.json (no tokenizer)."""
+    from transformers import AutoConfig
+
+    if os.path.isdir(path):
+        path = os.path.join(path, "config.json")
+    with open(path) as f:
+        fields = json.load(f)
+    if "model_type" not in fields:
+        raise SystemExit(f"--config {path}: no model_type field")
+    cfg = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    # transformers 5.x takes dtype=, 4.x torch_dtype= (an unknown keyword reaches
+    # the model's __init__ and raises TypeError); reseed before each try
+    for kw in ("dtype", "torch_dtype"):
+        torch.manual_seed(seed)
+        try:
+            model = AutoModelForCausalLM.from_config(cfg, **{kw: dtype})
+            break
+        except TypeError:
+            if kw == "torch_dtype":
+                raise
+    if next(model.parameters()).dtype != dtype:
+        model = model.to(dtype)
+    return model
+
+
 def load(args, dtype):
+    if args.config:
+        return from_config(args.config, dtype, args.seed), None
     if args.gguf:
         path = os.path.abspath(args.gguf)
         kw = dict(gguf_file=os.path.basename(path))
@@ -171,6 +223,11 @@ class Step:
             self.forward_tokens += sum(T)
             self.padded_forward_tokens += self.teach_ids.numel()
 
+    def to(self, device):
+        for name in ("enc_ids", "enc_mask4", "dec_ids", "dec_mask", "targets", "teach_ids", "teach_mask"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
     def loss(self, enc, dec):
         if self.lean:
             hidden = enc.base_model.model.model(
@@ -203,6 +260,8 @@ def main():
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--gguf")
     src.add_argument("--model")
+    src.add_argument("--config", help="Hugging Face config.json: random weights (seeded by --seed), "
+                     "no tokenizer; needs --batch or --batches")
     inp = ap.add_mutually_exclusive_group(required=True)
     inp.add_argument("--batch")
     inp.add_argument("--batches", help="JSONL, one batch a line (llm2comp pretrain --dump-batches); "
@@ -223,14 +282,26 @@ def main():
     ap.add_argument("--lora-alpha", type=float, default=32.0)
     ap.add_argument("--lora-dropout", type=float, default=0.05)
     ap.add_argument("--adapter", help="safetensors with memory_tokens and PEFT lora_A/B keys to start from")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--bench-name", default="compress step", help="name in the BENCH line")
     ap.add_argument("--json")
     args = ap.parse_args()
+    if args.config and args.data:
+        ap.error("--config builds a model without a tokenizer: give --batch or --batches, not --data")
+    if args.steps < 1:
+        ap.error("--steps must be at least 1")
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch.cuda.is_available() is False "
+                         f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})")
+    device = torch.device("cuda:0" if cuda else "cpu")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f64": torch.float64}[args.dtype]
 
     t0 = time.perf_counter()
     base, tok = load(args, dtype)
+    base.to(device)
     vocab = base.config.vocab_size
     batches = None
     if args.batches:
@@ -248,6 +319,8 @@ def main():
                 json.dump(batch, f)
     k = batch["k"]
     pad = base.config.pad_token_id if base.config.pad_token_id is not None else base.config.eos_token_id
+    if pad is None:  # a bare config may name neither; padded positions are masked out anyway
+        pad = 0
 
     dec = copy.deepcopy(base)
     for p in dec.parameters():
@@ -264,23 +337,33 @@ def main():
     enc.base_model.model.model.embed_tokens.weight.requires_grad = True
     if args.adapter:
         load_adapter(enc, args.adapter, vocab, k)
+    enc.to(device)
     enc.train()
     dec.eval()
     params = [p for p in enc.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-5)
-    steps = [Step(b, args.objective, vocab, pad, args.lean_encoder) for b in (batches or [batch])]
+    steps = [Step(b, args.objective, vocab, pad, args.lean_encoder).to(device) for b in (batches or [batch])]
     load_s = time.perf_counter() - t0
+    base_bytes = peak_bytes = None
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base_bytes = torch.cuda.memory_allocated()
 
     times, losses, text_tokens, forward_tokens = [], [], [], []
     for i in range(args.warmup + args.steps):
         step = steps[i % len(steps)]
+        if cuda:
+            torch.cuda.synchronize()
         t = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss = step.loss(enc, dec)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 2.0)
         opt.step()
+        if cuda:
+            torch.cuda.synchronize()
         dt = time.perf_counter() - t
         losses.append(loss.item())
         if i >= args.warmup:
@@ -290,11 +373,18 @@ def main():
         print(f"step {i} ({'warm-up' if i < args.warmup else 'timed'}): {dt:.3f} s, loss {loss.item():.6f}",
               flush=True)
 
+    if cuda:
+        torch.cuda.synchronize()
+        peak_bytes = torch.cuda.max_memory_allocated()
+
     med = statistics.median(times)
     result = {
         "objective": args.objective,
-        "model": args.gguf or args.model,
+        "model": args.gguf or args.model or args.config,
         "dtype": args.dtype,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if cuda else None,
+        "attn_implementation": getattr(base.config, "_attn_implementation", None),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "lean_encoder": args.lean_encoder,
@@ -315,12 +405,26 @@ def main():
         "text_tokens_per_second": sum(text_tokens) / sum(times),
         "forward_tokens_per_second": sum(forward_tokens) / sum(times),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "base_device_bytes": base_bytes,
+        "peak_device_bytes": peak_bytes,
+        "peak_device_bytes_over_base": None if peak_bytes is None else peak_bytes - base_bytes,
         "losses": losses,
     }
     print(json.dumps({k: v for k, v in result.items() if k not in ("step_seconds", "losses")}, indent=1))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
+    first = losses[args.warmup]
+    bench = {
+        "impl": "torch",
+        "name": args.bench_name,
+        "ms": med * 1e3,
+        "tokens_per_s": result["text_tokens_per_second"],
+        "peak_bytes": result["peak_device_bytes_over_base"],
+        "peak_bytes_abs": peak_bytes,
+        "loss": first if math.isfinite(first) else None,
+    }
+    print("BENCH " + json.dumps(bench), flush=True)
 
 
 if __name__ == "__main__":

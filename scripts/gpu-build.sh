@@ -33,7 +33,8 @@ cargo build --release --locked -p llm2comp-cli
 cp target/release/llm2comp "$out/"
 
 strip "$out"/*
-cp scripts/gpu-check.sh scripts/gpu-profile.sh scripts/bench_gpu_torch.py scripts/gpu_table.py "$out/"
+cp scripts/gpu-check.sh scripts/gpu-profile.sh scripts/bench_gpu_torch.py scripts/bench_pretrain_torch.py \
+    scripts/gpu_table.py "$out/"
 # The tiny model gpu-check.sh embeds on CUDA and on the CPU.
 cp -r crates/backbone/tests/fixtures/tiny-embed "$out/"
 du -sh "$out"

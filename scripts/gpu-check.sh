@@ -120,17 +120,28 @@ PY
 fi
 
 echo "== benchmarks at ${SECONDS}s"
+# compress-step-gpu also checks its step against the CPU's (exit 1 if they
+# differ) and writes the model config and batch the PyTorch step reads.
+export COMPRESS_GPU_OUT="$out/compress-step"
 for b in "$bin"/*-gpu; do
     [ -x "$b" ] || continue
-    echo "-- $(basename "$b")"
-    timeout 120 "$b" 2>&1 | tee "$out/$(basename "$b").log"
+    echo "-- $(basename "$b") at ${SECONDS}s"
+    timeout "${BENCH_TIMEOUT:-240}" "$b" 2>&1 | tee "$out/$(basename "$b").log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "$(basename "$b"): FAILED"; status=1; }
 done
 if [ -f "$here/bench_gpu_torch.py" ]; then
-    echo "-- PyTorch baselines"
+    echo "-- PyTorch baselines at ${SECONDS}s"
     timeout 180 python3 "$here/bench_gpu_torch.py" 2>&1 | tee "$out/torch.log"
 fi
+if [ -f "$here/bench_pretrain_torch.py" ] && [ -f "$COMPRESS_GPU_OUT/batch.json" ]; then
+    echo "-- PyTorch compression step (transformers + PEFT, two model copies) at ${SECONDS}s"
+    timeout 240 python3 "$here/bench_pretrain_torch.py" --config "$COMPRESS_GPU_OUT/config.json" \
+        --batch "$COMPRESS_GPU_OUT/batch.json" --objective kl --device cuda --dtype bf16 \
+        --steps 5 --warmup 2 --bench-name "compress step kl b8 s512 smollm2-shape" \
+        2>&1 | tee "$out/torch-compress.log"
+fi
 if [ -f "$here/gpu_table.py" ]; then
-    python3 "$here/gpu_table.py" "$out"/*-gpu.log "$out/torch.log" >"$out/table.md"
+    python3 "$here/gpu_table.py" "$out"/*-gpu.log "$out"/torch*.log >"$out/table.md"
     echo "== table (ours vs PyTorch, same run)"
     cat "$out/table.md"
 fi

@@ -12,6 +12,12 @@
 //! copied on first write, and the decoder must keep the original rows (and,
 //! for a tied model, the original LM head). The losses are the fused linear
 //! cross-entropy / KL, which never build [tokens × vocab] logits.
+//!
+//! A compressor is built on the CPU in f32 ([`Compressor::new`]) and may then
+//! move to CUDA ([`Compressor::to_device`]): frozen weights in the compute
+//! dtype (bf16), adapters and memory rows as f32 masters with f32 gradient
+//! buffers on the device, cast where used (mixed precision). The step is the
+//! same code on both devices.
 
 use std::sync::Arc;
 
@@ -19,7 +25,7 @@ use llm2comp_backbone::{Input, LoraConfig, Param, Pass, Trainable, Transformer, 
 use llm2comp_tensor::ops::embedding;
 use llm2comp_tensor::ops::linear_kl::{self, LinearKlOptions};
 use llm2comp_tensor::ops::linear_xent::{self, LinearXentOptions};
-use llm2comp_tensor::{DType, Tensor};
+use llm2comp_tensor::{DType, Device, Tensor};
 
 use crate::batch::PackedBatch;
 use crate::memory::{self, TrainEmbeddings};
@@ -89,17 +95,12 @@ impl Compressor {
     /// Wraps a freshly loaded base `model` (no adapters, no extra rows):
     /// attaches the adapters and k memory rows, initialised from `seed`.
     pub fn new(mut model: Transformer, bos: u32, cfg: CompressConfig, seed: u64) -> Result<Self> {
-        if model.device().is_cuda() {
-            return Err(CompressError::Config(
-                "compression training runs on the CPU for now (the CUDA backend does inference \
-                 only: backward through the model is not on the GPU yet); use --device cpu"
-                    .into(),
-            ));
-        }
-        if model.dtype() != DType::F32 {
+        if model.device().is_cuda() || model.dtype() != DType::F32 {
             return Err(CompressError::Config(format!(
-                "compression training computes in f32 on the CPU; the model is {:?}",
-                model.dtype()
+                "a compressor is built from an f32 model on the CPU (then moved with \
+                 Compressor::to_device); the model is {:?} on {}",
+                model.dtype(),
+                model.device()
             )));
         }
         if model.embedding().extra().is_some() {
@@ -130,6 +131,20 @@ impl Compressor {
             )));
         }
         Ok(Self::assemble(model, bos, cfg))
+    }
+
+    /// This compressor on `device` in `dtype` (frozen weights; adapters and
+    /// memory rows stay f32), with fresh zero gradient buffers there.
+    pub fn to_device(&self, device: Device, dtype: DType) -> Result<Self> {
+        if device.is_cuda() && self.cfg.train_embeddings == TrainEmbeddings::All {
+            return Err(CompressError::Config(
+                "--train-embeddings all trains the whole table, whose gradient is computed on \
+                 the CPU only; use --train-embeddings memory on CUDA"
+                    .into(),
+            ));
+        }
+        let model = self.model.to_device(device, dtype)?;
+        Ok(Self::assemble(model, self.bos, self.cfg.clone()))
     }
 
     fn assemble(model: Transformer, bos: u32, cfg: CompressConfig) -> Self {
@@ -333,8 +348,13 @@ impl Compressor {
             return Ok(stats);
         }
         let h = self.model.config().hidden_size;
-        let mut ddec = Tensor::try_zeros(&[b.dec_ids.len(), h], dstudent.dtype(), dev)?;
+        // The scatter adds into f32 (the embedding op's gradient dtype); the
+        // decoder's backward takes the model's dtype.
+        let mut ddec = Tensor::try_zeros(&[b.dec_ids.len(), h], DType::F32, dev)?;
         scatter_add(&mut ddec, &b.student_rows, &dstudent)?;
+        if ddec.dtype() != self.model.dtype() {
+            ddec = ddec.try_to_dtype(self.model.dtype())?;
+        }
         let ddec_in = self.model.backward(&ddec, &f.dec_cache, None)?;
         let mut denc = Tensor::try_zeros(&[b.enc_ids.len(), h], ddec_in.dtype(), dev)?;
         for (&d, &e) in b.dec_mem.iter().zip(&b.enc_mem) {

@@ -312,3 +312,42 @@ fn refuses_mismatched_batches_and_models() {
     assert!(comp.loss(&wrong_obj, None).is_err());
     assert!(Compressor::new(tiny_model(false, 1), V as u32, cfg(Objective::Rc, 3), 1).is_err());
 }
+
+/// A compressor moved with `to_device` (here to the CPU in f32) computes the
+/// same step as the original, bit for bit, into its own gradient buffers;
+/// moving one that trains the whole table to CUDA is refused up front.
+#[test]
+fn a_moved_compressor_computes_the_same_step() {
+    let objective = Objective::Kl;
+    let mut comp = compressor(true, cfg(objective, 3));
+    let b = pack(&samples(objective), objective, BOS, 3, V).unwrap();
+    let mut moved = comp
+        .to_device(Device::Cpu, llm2comp_tensor::DType::F32)
+        .unwrap();
+    let want = comp.step(&b, Some(5), 1.0).unwrap();
+    let got = moved.step(&b, Some(5), 1.0).unwrap();
+    assert_eq!(got.loss.to_bits(), want.loss.to_bits());
+    let grads = |c: &mut Compressor| -> Vec<(String, Vec<u32>)> {
+        c.params()
+            .into_iter()
+            .map(|p| {
+                (
+                    p.name,
+                    p.grad.to_vec_f32().iter().map(|v| v.to_bits()).collect(),
+                )
+            })
+            .collect()
+    };
+    let (g0, g1) = (grads(&mut comp), grads(&mut moved));
+    assert_eq!(g0.len(), 2 * 2 * 6 + 1);
+    assert_eq!(g0, g1);
+
+    let mut c = cfg(objective, 3);
+    c.train_embeddings = TrainEmbeddings::All;
+    let comp = compressor(true, c);
+    let e = comp
+        .to_device(Device::Cuda(0), llm2comp_tensor::DType::BF16)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--train-embeddings"), "{e}");
+}

@@ -4,11 +4,14 @@
 //! tokens). Keeping the k rows apart means training them never copies or
 //! touches the V-row table the decoder also reads, and their gradient is a
 //! [k, hidden] buffer rather than a [V + k, hidden] one.
+//!
+//! Beside a bf16 table on CUDA the extra rows may be f32 (a trainer's master
+//! copy): lookups cast them to the table's dtype, their gradient is f32.
 
 use std::sync::Arc;
 
 use llm2comp_tensor::ops::embedding;
-use llm2comp_tensor::{Result, Tensor, TensorError};
+use llm2comp_tensor::{DType, Result, Tensor, TensorError};
 
 const OP: &str = "TokenEmbedding";
 
@@ -68,10 +71,12 @@ impl TokenEmbedding {
     }
 
     /// Sets (or with `None` removes) the extra rows [k, H] read for ids V..V+k
-    /// (the table's dtype, on its device).
+    /// (the table's dtype or f32, on its device).
     pub fn set_extra(&mut self, rows: Option<Tensor>) -> Result<()> {
         if let Some(r) = &rows {
-            r.expect_dtype(OP, "extra rows", self.table.dtype())?;
+            if r.dtype() != DType::F32 {
+                r.expect_dtype(OP, "extra rows", self.table.dtype())?;
+            }
             if r.device() != self.table.device() {
                 return Err(TensorError::Device {
                     op: OP,
@@ -134,6 +139,13 @@ impl TokenEmbedding {
         let (base, extra) = self.split(ids);
         let mut out = embedding::forward(&base, &self.table)?;
         if let Some(rows) = &self.extra {
+            let cast;
+            let rows = if rows.dtype() == out.dtype() {
+                rows
+            } else {
+                cast = rows.try_to_dtype(out.dtype())?;
+                &cast
+            };
             // Memory tokens come as runs (k consecutive positions reading rows
             // 0..k), so each run is one row-range copy, on whichever device.
             let mut i = 0;
@@ -163,6 +175,9 @@ impl TokenEmbedding {
         let h = self.hidden();
         dout.expect_shape(OP, "dout", &[ids.len(), h])?;
         let (base, extra) = self.split(ids);
+        if dout.device().is_cuda() {
+            return self.backward_device(&base, &extra, dout, dtable, dextra);
+        }
         if let Some(dt) = dtable {
             if extra.is_empty() {
                 embedding::backward(&base, dout, dt)?;
@@ -188,6 +203,38 @@ impl TokenEmbedding {
                     *d += s;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// [`Self::backward`] with device ops (CUDA): the extra ids' rows of dout
+    /// are gathered and scattered into `dextra` by the embedding op, with no
+    /// host round trip. The table's own gradient is not supported there.
+    fn backward_device(
+        &self,
+        base: &[u32],
+        extra: &[(usize, usize)],
+        dout: &Tensor,
+        dtable: Option<&mut Tensor>,
+        dextra: Option<&mut Tensor>,
+    ) -> Result<()> {
+        if dtable.is_some() && !base.is_empty() {
+            return Err(TensorError::invalid(
+                OP,
+                format!(
+                    "the embedding table's gradient is computed on the CPU only (dout is on {})",
+                    dout.device()
+                ),
+            ));
+        }
+        if let (Some(de), Some(rows)) = (dextra, &self.extra)
+            && !extra.is_empty()
+        {
+            de.expect_shape(OP, "dextra", rows.shape())?;
+            let positions: Vec<u32> = extra.iter().map(|&(p, _)| p as u32).collect();
+            let which: Vec<u32> = extra.iter().map(|&(_, r)| r as u32).collect();
+            let picked = embedding::forward(&positions, dout)?;
+            embedding::backward(&which, &picked, de)?;
         }
         Ok(())
     }

@@ -7,7 +7,12 @@
 //! dropout mask is counter-based, so backward regenerates dropout(x) from the
 //! x the caller hands back instead of storing a second [tokens, in] tensor.
 //! Folding the scale into h makes dB += dyᵀ·h exact without a second scaling.
+//!
+//! A and B are f32 (an optimiser's master copies) on the weight's device. On
+//! CUDA with bf16 activations they are cast to bf16 where the side path uses
+//! them (a few [r, in] and [out, r] casts per call); their gradients stay f32.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use llm2comp_tensor::ops::dropout::{self, DropoutMask, SeqKeys};
@@ -53,19 +58,14 @@ pub struct LinearCache {
     side: Option<(Tensor, Option<DropoutMask>)>,
 }
 
-/// t ← s·t (host only: LoRA side paths do not run on CUDA yet).
-fn scale_in_place(t: &mut Tensor, s: f32) -> Result<()> {
-    if t.device().is_cuda() {
-        return Err(TensorError::invalid(
-            OP,
-            "LoRA side paths do not run on CUDA yet; merge the adapter (merge_lora) or run on \
-             the CPU",
-        ));
-    }
-    for v in t.f32s_mut(OP, "lora activation")? {
-        *v *= s;
-    }
-    Ok(())
+/// `t` in `dtype`: borrowed when it already is (the CPU's f32), else a cast
+/// on its device (an f32 LoRA matrix beside bf16 activations).
+fn in_dtype(t: &Tensor, dtype: DType) -> Result<Cow<'_, Tensor>> {
+    Ok(if t.dtype() == dtype {
+        Cow::Borrowed(t)
+    } else {
+        Cow::Owned(t.try_to_dtype(dtype)?)
+    })
 }
 
 impl Linear {
@@ -178,13 +178,10 @@ impl Linear {
         }
     }
 
-    fn lora_input<'x>(
-        x: &'x Tensor,
-        mask: Option<&DropoutMask>,
-    ) -> Result<std::borrow::Cow<'x, Tensor>> {
+    fn lora_input<'x>(x: &'x Tensor, mask: Option<&DropoutMask>) -> Result<Cow<'x, Tensor>> {
         Ok(match mask {
-            Some(m) => std::borrow::Cow::Owned(dropout::forward(x, m)?),
-            None => std::borrow::Cow::Borrowed(x),
+            Some(m) => Cow::Owned(dropout::forward(x, m)?),
+            None => Cow::Borrowed(x),
         })
     }
 
@@ -198,9 +195,10 @@ impl Linear {
             (Some(lora), true) => {
                 let mask = self.mask(call);
                 let xd = Self::lora_input(x, mask.as_ref())?;
-                let mut h = matmul::linear_forward(&xd, &lora.a)?;
-                scale_in_place(&mut h, lora.scale)?;
-                residual::add_into(&mut y, &matmul::linear_forward(&h, &lora.b)?)?;
+                let a = in_dtype(&lora.a, x.dtype())?;
+                let h = matmul::linear_forward_scaled(&xd, &a, lora.scale)?;
+                let b = in_dtype(&lora.b, x.dtype())?;
+                residual::add_into(&mut y, &matmul::linear_forward(&h, &b)?)?;
                 Some((h, mask))
             }
             _ => None,
@@ -225,14 +223,15 @@ impl Linear {
             TensorError::invalid(OP, "the cache has a LoRA path but the layer has no adapter")
         })?;
         // g = scale·dy·B: the gradient w.r.t. dropout(x)·Aᵀ.
-        let mut g = matmul::linear_backward_input(dy, &lora.b)?;
-        scale_in_place(&mut g, lora.scale)?;
+        let b = in_dtype(&lora.b, dy.dtype())?;
+        let g = matmul::linear_backward_input_scaled(dy, &b, lora.scale)?;
         let xd = Self::lora_input(x, mask.as_ref())?;
         if let Some(gr) = grads {
             matmul::linear_backward_weight(dy, h, &mut gr.b)?;
             matmul::linear_backward_weight(&g, &xd, &mut gr.a)?;
         }
-        let dxd = matmul::linear_backward_input(&g, &lora.a)?;
+        let a = in_dtype(&lora.a, dy.dtype())?;
+        let dxd = matmul::linear_backward_input(&g, &a)?;
         let dxl = match mask {
             Some(m) => dropout::backward(&dxd, m)?,
             None => dxd,

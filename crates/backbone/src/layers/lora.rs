@@ -171,8 +171,8 @@ impl Lora {
     /// Zero gradient buffers shaped like this adapter.
     pub fn zero_grads(&self) -> LoraGrads {
         LoraGrads {
-            a: Tensor::zeros(self.a.shape(), DType::F32, Device::Cpu),
-            b: Tensor::zeros(self.b.shape(), DType::F32, Device::Cpu),
+            a: Tensor::zeros(self.a.shape(), DType::F32, self.a.device()),
+            b: Tensor::zeros(self.b.shape(), DType::F32, self.b.device()),
         }
     }
 
@@ -216,7 +216,7 @@ pub struct LoraGrads {
 impl LoraGrads {
     /// Sets both buffers to zero (before a new accumulation).
     pub fn zero(&mut self) {
-        self.a = Tensor::zeros(self.a.shape(), DType::F32, Device::Cpu);
-        self.b = Tensor::zeros(self.b.shape(), DType::F32, Device::Cpu);
+        self.a = Tensor::zeros(self.a.shape(), DType::F32, self.a.device());
+        self.b = Tensor::zeros(self.b.shape(), DType::F32, self.b.device());
     }
 }

@@ -1,7 +1,7 @@
-//! Moving a model to a device and compute dtype, for inference.
+//! Moving a model to a device and compute dtype.
 //!
-//! Every matrix (embedding table, projections, biases, LM head, extra rows)
-//! takes the compute dtype, so the GEMMs see one dtype; norm weights stay f32
+//! Every frozen matrix (embedding table, projections, biases, LM head) takes
+//! the compute dtype, so the GEMMs see one dtype; norm weights stay f32
 //! because the CUDA rmsnorm reads an f32 weight beside bf16 activations, and
 //! keeping them exact costs nothing. The copy is built tensor by tensor (cast
 //! on the device after an f32 upload, so a large model needs no host-side
@@ -9,8 +9,10 @@
 //! head stays the embedding table. The source model is untouched; a caller
 //! that only wants the device copy drops it.
 //!
-//! Adapters are refused rather than silently dropped: the LoRA side path
-//! still scales on the host (merge the adapter first, which is also faster).
+//! The trainable tensors, LoRA adapters and extra embedding rows, move as
+//! f32: an optimiser updates those master copies, and the layers cast them to
+//! the compute dtype where they are used (mixed-precision training). For
+//! inference alone, merging the adapter first is faster.
 
 use std::sync::Arc;
 
@@ -19,7 +21,6 @@ use llm2comp_tensor::{DType, Device, Result, Tensor, TensorError};
 use super::attention::Attention;
 use super::block::Block;
 use super::linear::Linear;
-use super::lora::LoraTarget;
 use super::mlp::Mlp;
 use super::rmsnorm::RmsNorm;
 use super::transformer::Transformer;
@@ -50,7 +51,16 @@ fn linear(l: &Linear, device: Device, dtype: DType) -> Result<Linear> {
         Some(b) => Some(Arc::new(moved(b, device, dtype)?)),
         None => None,
     };
-    Linear::shared(w, b)
+    let mut out = Linear::shared(w, b)?;
+    if let Some(l) = l.lora() {
+        // Adapters stay f32 (an optimiser's master copies); the side path
+        // casts them to the activations' dtype where it uses them.
+        let mut lora = l.clone();
+        lora.a = moved(&l.a, device, DType::F32)?;
+        lora.b = moved(&l.b, device, DType::F32)?;
+        out.set_lora(lora)?;
+    }
+    Ok(out)
 }
 
 fn norm(n: &RmsNorm, device: Device) -> Result<RmsNorm> {
@@ -72,21 +82,6 @@ impl Transformer {
             }
         }
         device.check()?;
-        for (l, b) in self.blocks().iter().enumerate() {
-            if let Some(t) = LoraTarget::ALL
-                .into_iter()
-                .find(|&t| b.linear(t).lora().is_some())
-            {
-                return Err(TensorError::invalid(
-                    OP,
-                    format!(
-                        "layer {l} {} has a LoRA adapter; merge it (merge_lora) before moving \
-                         the model: side paths do not run on CUDA yet",
-                        t.module_name()
-                    ),
-                ));
-            }
-        }
         let c = self.config();
         let embedding = Arc::new(moved(self.embedding().table(), device, dtype)?);
         let mut blocks = Vec::with_capacity(self.blocks().len());
@@ -124,7 +119,8 @@ impl Transformer {
             lm_head,
         )?;
         if let Some(rows) = self.embedding().extra() {
-            out.set_extra_rows(Some(moved(rows, device, dtype)?))?;
+            // Trainable like the adapters: f32, cast per lookup.
+            out.set_extra_rows(Some(moved(rows, device, DType::F32)?))?;
         }
         Ok(out)
     }
@@ -162,12 +158,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("bf16") || e.contains("BF16"), "{e}");
+        // Adapters travel (as f32 masters): a copy with a non-zero LoRA path
+        // computes what the original does, and the adapter is its own copy.
         m.add_lora(&LoraConfig::llm2comp(), 1).unwrap();
-        let e = m
-            .to_device(Device::Cpu, DType::F32)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("LoRA") && e.contains("layer 0"), "{e}");
+        for b in m.blocks_mut() {
+            let l = b.attn.v.lora_mut().unwrap();
+            let n = l.b.numel();
+            l.b =
+                Tensor::from_vec(crate::layers::uniform_from_seed(3, n, 0.5), l.b.shape()).unwrap();
+        }
+        let pass = Pass::causal().with_lora(true);
+        let want = m.infer(Input::Ids(&ids), &cu, &pass).unwrap();
+        let c = m.to_device(Device::Cpu, DType::F32).unwrap();
+        let got = c.infer(Input::Ids(&ids), &cu, &pass).unwrap();
+        assert_eq!(got.to_vec_f32(), want.to_vec_f32());
+        let (a0, a1) = (
+            &m.blocks()[0].attn.v.lora().unwrap().a,
+            &c.blocks()[0].attn.v.lora().unwrap().a,
+        );
+        assert_eq!(a0.to_vec_f32(), a1.to_vec_f32());
+        let base = m.infer(Input::Ids(&ids), &cu, &Pass::causal()).unwrap();
+        assert_ne!(base.to_vec_f32(), want.to_vec_f32(), "the side path ran");
     }
 
     /// A CUDA target on a machine without one is an error naming the problem.

@@ -436,16 +436,6 @@ impl Transformer {
         cache: &TransformerCache,
         mut grads: Option<&mut TransformerGrads>,
     ) -> Result<Tensor> {
-        if self.device().is_cuda() {
-            return Err(TensorError::invalid(
-                OP,
-                format!(
-                    "backward on {}: training runs on the CPU only for now (CUDA models do \
-                     inference: infer)",
-                    self.device()
-                ),
-            ));
-        }
         let last = cache
             .inputs
             .last()
@@ -495,7 +485,8 @@ impl Transformer {
 
     /// Zeroed gradient buffers for the tensors `trainable` selects.
     pub fn zero_grads(&self, trainable: &Trainable) -> TransformerGrads {
-        let z = |t: &Tensor| Tensor::zeros(t.shape(), DType::F32, Device::Cpu);
+        // f32 buffers beside each tensor, on its device.
+        let z = |t: &Tensor| Tensor::zeros(t.shape(), DType::F32, t.device());
         TransformerGrads {
             blocks: self
                 .blocks
@@ -589,7 +580,7 @@ impl Transformer {
 impl TransformerGrads {
     /// Sets every buffer to zero (before accumulating a new step).
     pub fn zero(&mut self) {
-        let z = |t: &mut Tensor| *t = Tensor::zeros(t.shape(), DType::F32, Device::Cpu);
+        let z = |t: &mut Tensor| *t = Tensor::zeros(t.shape(), DType::F32, t.device());
         for b in &mut self.blocks {
             for t in LoraTarget::ALL {
                 if let Some(g) = b.get_mut(t) {

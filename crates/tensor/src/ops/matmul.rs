@@ -58,6 +58,23 @@ fn with_last(t: &Tensor, last: usize) -> Vec<usize> {
 
 /// y = x·Wᵀ. x: [.., in]; w: [out, in]; returns [.., out]. f32.
 pub fn linear_forward(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    linear_forward_scaled(x, w, 1.0)
+}
+
+/// Multiplies every element of a CPU f32 result by `alpha` (after the
+/// product, as the CUDA GEMM's alpha does) unless alpha is 1.
+fn scale_host(t: &mut Tensor, alpha: f32, what: &'static str) -> Result<()> {
+    if alpha != 1.0 {
+        for v in t.f32s_mut(OP, what)? {
+            *v *= alpha;
+        }
+    }
+    Ok(())
+}
+
+/// y = alpha·x·Wᵀ: [`linear_forward`] with the scale folded into the GEMM
+/// on CUDA (a LoRA side path's alpha/r), applied after it on the CPU.
+pub fn linear_forward_scaled(x: &Tensor, w: &Tensor, alpha: f32) -> Result<Tensor> {
     let (d_out, d_in) = weight_dims(w, "weight [out, in]")?;
     let rows = rows_of(x, "x", d_in)?;
     crate::ops::same_device(OP, &[x, w])?;
@@ -74,6 +91,7 @@ pub fn linear_forward(x: &Tensor, w: &Tensor) -> Result<Tensor> {
                 d_out,
                 false,
             );
+            scale_host(&mut y, alpha, "y")?;
             Ok(y)
         }
         Device::Cuda(_) => {
@@ -87,7 +105,7 @@ pub fn linear_forward(x: &Tensor, w: &Tensor) -> Result<Tensor> {
                 b: w.cuda_ptr(OP, "weight")?,
                 b_t: true,
                 c: y.cuda_ptr(OP, "y")?,
-                alpha: 1.0,
+                alpha,
                 beta: 0.0,
                 ab: dtype,
                 c_dtype: dtype,
@@ -100,6 +118,11 @@ pub fn linear_forward(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 /// dx = dy·W. dy: [.., out]; w: [out, in]; returns [.., in]. f32.
 pub fn linear_backward_input(dy: &Tensor, w: &Tensor) -> Result<Tensor> {
+    linear_backward_input_scaled(dy, w, 1.0)
+}
+
+/// dx = alpha·dy·W, scaled as [`linear_forward_scaled`].
+pub fn linear_backward_input_scaled(dy: &Tensor, w: &Tensor, alpha: f32) -> Result<Tensor> {
     let (d_out, d_in) = weight_dims(w, "weight [out, in]")?;
     let rows = rows_of(dy, "dy", d_out)?;
     crate::ops::same_device(OP, &[dy, w])?;
@@ -116,6 +139,7 @@ pub fn linear_backward_input(dy: &Tensor, w: &Tensor) -> Result<Tensor> {
                 d_in,
                 false,
             );
+            scale_host(&mut dx, alpha, "dx")?;
             Ok(dx)
         }
         Device::Cuda(_) => {
@@ -129,7 +153,7 @@ pub fn linear_backward_input(dy: &Tensor, w: &Tensor) -> Result<Tensor> {
                 b: w.cuda_ptr(OP, "weight")?,
                 b_t: false,
                 c: dx.cuda_ptr(OP, "dx")?,
-                alpha: 1.0,
+                alpha,
                 beta: 0.0,
                 ab: dtype,
                 c_dtype: dtype,
@@ -326,6 +350,24 @@ mod tests {
         linear_backward_weight(&dy, &x, &mut dw).unwrap();
         let twice: Vec<f32> = want_dw.iter().map(|v| 2.0 * v).collect();
         assert_close("linear dw accumulates", &dw.to_vec_f32(), &twice, 1e-6);
+    }
+
+    #[test]
+    fn scaled_forms_are_the_product_times_alpha() {
+        let x =
+            Tensor::from_vec((0..12).map(|i| i as f32 * 0.25 - 1.0).collect(), &[3, 4]).unwrap();
+        let w =
+            Tensor::from_vec((0..8).map(|i| 0.5 - i as f32 * 0.125).collect(), &[2, 4]).unwrap();
+        let dy = Tensor::from_vec(vec![1.0, -2.0, 0.5, 3.0, -1.5, 0.25], &[3, 2]).unwrap();
+        let y = linear_forward(&x, &w).unwrap().to_vec_f32();
+        let ys = linear_forward_scaled(&x, &w, -1.5).unwrap().to_vec_f32();
+        assert_eq!(ys, y.iter().map(|v| v * -1.5).collect::<Vec<_>>());
+        let dx = linear_backward_input(&dy, &w).unwrap().to_vec_f32();
+        let dxs = linear_backward_input_scaled(&dy, &w, 3.0)
+            .unwrap()
+            .to_vec_f32();
+        assert_eq!(dxs, dx.iter().map(|v| v * 3.0).collect::<Vec<_>>());
+        assert_ne!(ys, y, "alpha applied");
     }
 
     #[test]

@@ -110,6 +110,15 @@ fn linear_case(rows: usize, d_in: usize, d_out: usize, dtype: DType, bound: f64)
     check(&format!("{tag} y"), &to_cpu_f32(&yg), &y, bound);
     check(&format!("{tag} dx"), &to_cpu_f32(&dxg), &dx, bound);
     check(&format!("{tag} dw (+=)"), &to_cpu_f32(&dwg), &dw, bound);
+    // The scaled forms (a LoRA side path's alpha/r): the GEMM's alpha on the
+    // device, a multiply after the product on the CPU.
+    let alpha = 2.5;
+    let ys = matmul::linear_forward_scaled(&x, &w, alpha).unwrap();
+    let dxs = matmul::linear_backward_input_scaled(&dy, &w, alpha).unwrap();
+    let ysg = matmul::linear_forward_scaled(&xg, &wg, alpha).unwrap();
+    let dxsg = matmul::linear_backward_input_scaled(&dyg, &wg, alpha).unwrap();
+    check(&format!("{tag} alpha·y"), &to_cpu_f32(&ysg), &ys, bound);
+    check(&format!("{tag} alpha·dx"), &to_cpu_f32(&dxsg), &dxs, bound);
 }
 
 /// Tensor::copy_rows on the device moves exactly the rows the host copy moves.
