@@ -6,11 +6,15 @@
 //! The model has SmolLM2-135M's shape (`benches/data/smollm2-135m-shape.json`)
 //! with weights generated from a seed here, because the GPU machine receives
 //! at most 64 MiB of files. The batch is 8 passages of 512 random token ids,
-//! split uniformly in [10, 502]. Checks (exit status 1 when one fails):
-//! - the GPU's loss is within 2e-2 relative of the CPU's (bf16 tolerance);
-//! - every gradient tensor (LoRA A/B of every layer, the memory rows) is
-//!   finite, with relative L2 error ≤ 0.1 against the CPU's (bf16 through
-//!   30 layers; the figures are printed).
+//! split uniformly in [10, 502]. The LoRA B matrices are set to small random
+//! values first (a fresh B is zero, which would make every A gradient zero
+//! and leave that path unchecked). Checks (exit status 1 when one fails):
+//! - CUDA in f32 (cuBLAS without TF32, the simple attention kernels): loss
+//!   within 1e-4 relative of the CPU's and every gradient tensor within 1e-3
+//!   relative L2 error: the training path itself is right;
+//! - CUDA in bf16 (the configuration that is timed): loss within 2e-2 and
+//!   every gradient within 0.1 relative L2 error (bf16 through 30 layers;
+//!   the figures are printed).
 //!
 //! Timing: `COMPRESS_GPU_STEPS` (default 5) full steps after 2 warm-ups, each
 //! zero-grads + forward + backward + AdamW on every trainable tensor, timed
@@ -164,6 +168,18 @@ fn main() {
     let model = Transformer::random(&config, 7).expect("random model");
     let cfg = CompressConfig::llm2comp(Objective::Kl);
     let mut cpu = Compressor::new(model, BOS, cfg, 42).expect("compressor");
+    let mut rng = Rng(99);
+    for p in cpu.params() {
+        if p.name.ends_with("lora_B.weight") {
+            let v: Vec<f32> = (0..p.value.numel())
+                .map(|_| (rng.below(1 << 24) as f32 / (1 << 23) as f32 - 1.0) * 0.01)
+                .collect();
+            *p.value = Tensor::from_vec(v, p.value.shape()).expect("lora B");
+        }
+    }
+    let mut gpu32 = cpu
+        .to_device(Device::Cuda(0), DType::F32)
+        .expect("f32 compressor on CUDA");
     let mut gpu = cpu
         .to_device(Device::Cuda(0), DType::BF16)
         .expect("compressor on CUDA");
@@ -177,6 +193,10 @@ fn main() {
     dev.synchronize().expect("sync");
     let gg = grads_of(&mut gpu);
     println!("CUDA bf16 step: loss {:.6}", got.loss);
+    let got32 = gpu32.step(&batch, seed, 1.0).expect("GPU f32 step");
+    let gg32 = grads_of(&mut gpu32);
+    drop(gpu32);
+    println!("CUDA f32 step: loss {:.8}", got32.loss);
 
     // Throughput: full steps with the optimiser, after two warm-ups.
     let mut mom = moments(&mut gpu);
@@ -225,32 +245,41 @@ fn main() {
     let t = Instant::now();
     let want = cpu.step(&batch, seed, 1.0).expect("CPU step");
     let cpu_s = t.elapsed().as_secs_f64();
-    let loss_err = (got.loss - want.loss).abs() / want.loss.abs();
-    let mut ok = got.loss.is_finite() && loss_err <= 2e-2;
-    println!(
-        "loss: CPU f32 {:.6}, CUDA bf16 {:.6}, relative difference {loss_err:.2e} (bound 2e-2): {}",
-        want.loss,
-        got.loss,
-        if ok { "ok" } else { "FAILED" }
-    );
     let cg = grads_of(&mut cpu);
-    let mut worst = (0.0f64, String::new());
-    for ((name, w), (_, g)) in cg.iter().zip(&gg) {
-        let e = rel_l2(g, w);
-        println!("  grad {name}: relative L2 error {e:.2e}");
-        if e.is_nan() || e > worst.0 {
-            worst = (e, name.clone());
+    let mut ok = true;
+    for (what, loss, grads, loss_bound, grad_bound) in [
+        ("CUDA f32", got32.loss, &gg32, 1e-4, 1e-3),
+        ("CUDA bf16", got.loss, &gg, 2e-2, 1e-1),
+    ] {
+        let loss_err = (loss - want.loss).abs() / want.loss.abs();
+        let loss_ok = loss.is_finite() && loss_err <= loss_bound;
+        println!(
+            "{what} loss {loss:.8} vs CPU f32 {:.8}: relative difference {loss_err:.2e} (bound {loss_bound:.0e}): {}",
+            want.loss,
+            if loss_ok { "ok" } else { "FAILED" }
+        );
+        let mut worst = (0.0f64, String::new());
+        let mut errs = Vec::with_capacity(grads.len());
+        for ((name, w), (_, g)) in cg.iter().zip(grads.iter()) {
+            let e = rel_l2(g, w);
+            println!("  {what} grad {name}: relative L2 error {e:.2e}");
+            errs.push(e);
+            if e.is_nan() || e > worst.0 {
+                worst = (e, name.clone());
+            }
         }
+        errs.sort_by(f64::total_cmp);
+        let grads_ok = worst.0 <= grad_bound;
+        println!(
+            "{what} gradients: {} tensors, median relative L2 error {:.2e}, largest {:.2e} ({}) (bound {grad_bound:.0e}): {}",
+            grads.len(),
+            errs[errs.len() / 2],
+            worst.0,
+            worst.1,
+            if grads_ok { "ok" } else { "FAILED" }
+        );
+        ok &= loss_ok && grads_ok;
     }
-    let grads_ok = worst.0 <= 0.1;
-    ok &= grads_ok;
-    println!(
-        "gradients: {} tensors, largest relative L2 error {:.2e} ({}) (bound 1e-1): {}",
-        gg.len(),
-        worst.0,
-        worst.1,
-        if grads_ok { "ok" } else { "FAILED" }
-    );
     println!(
         "BENCH {{\"impl\": \"llm2comp-cpu\", \"name\": \"{NAME} cpu f32\", \"ms\": {:.1}, \"tokens_per_s\": {:.1}, \"threads\": {}}}",
         cpu_s * 1e3,
