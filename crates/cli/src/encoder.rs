@@ -7,7 +7,8 @@
 //! the mean of the k memory positions under bidirectional attention: what the
 //! compression encoder was trained to do. The adapter's LoRA runs as a side
 //! path on the CPU; for a GPU it is merged into the weights before the copy
-//! (LoRA side paths do not run on CUDA). Both commands share this one path,
+//! (one GEMM per projection instead of three, and no per-call casts of the
+//! adapter). Both commands share this one path,
 //! so what `eval` scores is exactly what `embed` writes.
 
 use std::io::IsTerminal;
