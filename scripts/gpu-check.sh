@@ -119,6 +119,56 @@ PY
     echo "embed check: $([ "$embed_ok" -eq 1 ] && echo ok || echo FAILED)"
 fi
 
+echo "== pretrain on CUDA at ${SECONDS}s: llm2comp pretrain --device cuda vs cpu on the tiny model, resume, embed"
+# The tiny Qwen2 with a BOS id (pretrain needs one), kl, 6 steps saved at 3,
+# then resumed to 9; the first step's loss against the CPU run's (bf16
+# tolerance), every loss finite, and the CUDA-trained adapter embedding the
+# same on both devices.
+if [ -z "$tiny" ] || [ ! -x "$bin/llm2comp" ]; then
+    echo "pretrain check: no tiny-embed fixture or no $bin/llm2comp: FAILED"
+    status=1
+else
+    pt="$out/pretrain"
+    mkdir -p "$pt/model"
+    cp "$tiny/model.safetensors" "$tiny/tokenizer.json" "$pt/model/"
+    python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); c["bos_token_id"] = 2; json.dump(c, open(sys.argv[2], "w"))' \
+        "$tiny/config.json" "$pt/model/config.json"
+    common=(pretrain --model "$pt/model" --data "$tiny/passages.txt" --memory-tokens 2 --lora-r 4
+        --batch-size 2 --lr 1e-3 --max-length 64 --quiet)
+    pt_ok=1
+    timeout 120 "$bin/llm2comp" "${common[@]}" --device cuda --steps 6 --save-every 3 --out "$pt/cuda" \
+        >"$pt/cuda.log" 2>&1 || { echo "pretrain --device cuda: FAILED"; cat "$pt/cuda.log"; pt_ok=0; }
+    timeout 120 "$bin/llm2comp" "${common[@]}" --device cpu --steps 6 --out "$pt/cpu" \
+        >"$pt/cpu.log" 2>&1 || { echo "pretrain --device cpu: FAILED"; cat "$pt/cpu.log"; pt_ok=0; }
+    timeout 120 "$bin/llm2comp" "${common[@]}" --device cuda --steps 9 --resume "$pt/cuda" \
+        >>"$pt/cuda.log" 2>&1 || { echo "pretrain --resume on cuda: FAILED"; cat "$pt/cuda.log"; pt_ok=0; }
+    for dev in cpu cuda; do
+        timeout 120 "$bin/llm2comp" embed --model "$pt/model" --adapter "$pt/cuda" --input "$tiny/passages.txt" \
+            --output "$pt/embed-$dev.npy" --device "$dev" >"$pt/embed-$dev.log" 2>&1 ||
+            { echo "embed --adapter (CUDA-trained) --device $dev: FAILED"; cat "$pt/embed-$dev.log"; pt_ok=0; }
+    done
+    python3 - "$pt" <<'PY' || pt_ok=0
+import json, math, os, sys
+import numpy as np
+pt = sys.argv[1]
+def losses(run):
+    return [json.loads(l)["loss"] for l in open(os.path.join(pt, run, "metrics.jsonl"))]
+cuda, cpu = losses("cuda"), losses("cpu")
+print("cuda losses:", " ".join(f"{x:.4f}" for x in cuda))
+print("cpu  losses:", " ".join(f"{x:.4f}" for x in cpu))
+first = abs(cuda[0] - cpu[0]) / abs(cpu[0])
+ok = len(cuda) == 9 and all(math.isfinite(x) for x in cuda) and first <= 2e-2
+print(f"steps {len(cuda)} (want 9), first-step loss relative difference {first:.2e} (bound 2e-2)")
+a, b = (np.load(os.path.join(pt, f"embed-{d}.npy")).astype(np.float64) for d in ("cpu", "cuda"))
+rel = (np.linalg.norm(a - b, axis=1) / np.linalg.norm(a, axis=1)).max()
+print(f"CUDA-trained adapter, embed cuda bf16 vs cpu: max row relative error {rel:.2e} (bound 3e-2)")
+ok &= bool(rel <= 3e-2)
+sys.exit(0 if ok else 1)
+PY
+    [ "$pt_ok" -eq 1 ] || status=1
+    echo "pretrain check: $([ "$pt_ok" -eq 1 ] && echo ok || echo FAILED)"
+fi
+
 echo "== benchmarks at ${SECONDS}s"
 # compress-step-gpu also checks its step against the CPU's (exit 1 if they
 # differ) and writes the model config and batch the PyTorch step reads.

@@ -113,7 +113,7 @@ pub const SUP_DEFAULTS: StageDefaults = StageDefaults {
 /// Runs the command.
 pub fn run(args: &Args, threads: usize) -> Result<()> {
     let t = &args.train;
-    let out = t.out_dir("contrastive training")?;
+    let out = t.out_dir("contrastive training", false)?;
     if args.batch_size == 0 || args.mini_batch == 0 {
         bail!("--batch-size and --mini-batch must be at least 1");
     }

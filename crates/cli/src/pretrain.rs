@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use llm2comp_backbone::{LoraConfig, LoraTarget};
+use llm2comp_tensor::DType;
 use llm2comp_compress::{
     CompressConfig, CompressionTask, Compressor, Corpus, DataOptions, Objective, TrainEmbeddings,
 };
@@ -110,7 +111,8 @@ fn lora_targets(list: &str) -> Result<Vec<LoraTarget>> {
 /// Runs the command.
 pub fn run(args: &Args, threads: usize) -> Result<()> {
     let t = &args.train;
-    let out = t.out_dir("compression training")?;
+    let out = t.out_dir("compression training", true)?;
+    let device = t.device()?;
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -164,7 +166,19 @@ pub fn run(args: &Args, threads: usize) -> Result<()> {
     let model_name = args.model.display().to_string();
     let exporter =
         crate::adapter_export::exporter(model_name.clone(), args.max_length, &cfg, "pretrain");
-    let comp = Compressor::new(transformer, bos, cfg, t.seed)?;
+    let mut comp = Compressor::new(transformer, bos, cfg, t.seed)?;
+    if device.is_cuda() {
+        // Built on the CPU in f32 (adapter init, memory rows), then moved:
+        // frozen weights in bf16, the trainable tensors as f32 masters.
+        comp = comp
+            .to_device(device, DType::BF16)
+            .with_context(|| format!("moving the compression model to {device}"))?;
+    }
+    let on = if device.is_cuda() {
+        format!("on {device} (bf16; adapters and memory rows f32)")
+    } else {
+        format!("on cpu with {threads} threads")
+    };
     let task = CompressionTask::new(comp, corpus, t.seed, args.batch_size, t.grad_accum)
         .with_info("base_model", json!(model_name))
         .with_info("max_length", json!(args.max_length))
@@ -177,7 +191,7 @@ pub fn run(args: &Args, threads: usize) -> Result<()> {
     let tc = t.config(&out, steps, &DEFAULTS);
     eprintln!(
         "pretrain: objective {}, k = {}, {steps} steps x {} passages x {} accumulation, lr {} \
-         (warm-up {} from {}, {} decay), on cpu with {threads} threads -> {}",
+         (warm-up {} from {}, {} decay), {on} -> {}",
         args.objective,
         args.memory_tokens,
         args.batch_size,

@@ -156,7 +156,8 @@ fn bad_settings_and_data_are_refused_clearly() {
     let (model, data) = (model_dir(tmp.path()), data(tmp.path()));
     let out = tmp.path().join("out");
     let cases: [(&[&str], &str); 4] = [
-        (&["--device", "cuda"], "CPU"),
+        // No driver here, or no 8th device on a GPU machine: named before any data is read.
+        (&["--device", "cuda:7"], "cuda"),
         (&["--lora-targets", "q_proj,qkv"], "qkv"),
         (&["--objective", "mse"], "mse"),
         (&["--max-length", "3"], "--max-length"),
