@@ -10,10 +10,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use llm2comp_backbone::{LoraConfig, LoraTarget};
-use llm2comp_tensor::DType;
 use llm2comp_compress::{
     CompressConfig, CompressionTask, Compressor, Corpus, DataOptions, Objective, TrainEmbeddings,
 };
+use llm2comp_tensor::DType;
 use serde_json::json;
 
 use crate::texts::{self, InputFormat};
