@@ -33,7 +33,7 @@ use cudarc::driver::sys::CUevent_flags;
 use llm2comp_backbone::{ModelConfig, Transformer};
 use llm2comp_compress::{CompressConfig, Compressor, Objective, PackedBatch, Sample, pack};
 use llm2comp_tensor::ops::adamw::{self, AdamWConfig};
-use llm2comp_tensor::{DType, Device, Tensor, cuda};
+use llm2comp_tensor::{DType, Device, Tensor, cuda, testing};
 
 const CONFIG: &str = include_str!("../../data/smollm2-135m-shape.json");
 const PASSAGES: usize = 8;
@@ -102,16 +102,12 @@ fn grads_of(c: &mut Compressor) -> Vec<(String, Vec<f32>)> {
         .collect()
 }
 
+/// Relative L2 error of `got` against `want`; infinite when `got` is not finite.
 fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
-    let (mut num, mut den) = (0f64, 0f64);
-    for (&g, &w) in got.iter().zip(want) {
-        num += (g as f64 - w as f64).powi(2);
-        den += (w as f64).powi(2);
-    }
     if got.iter().any(|g| !g.is_finite()) {
         return f64::INFINITY;
     }
-    (num / den.max(1e-300)).sqrt()
+    testing::rel_err(got, want)
 }
 
 /// AdamW moments beside every trainable tensor, on its device.

@@ -139,13 +139,7 @@ impl TokenEmbedding {
         let (base, extra) = self.split(ids);
         let mut out = embedding::forward(&base, &self.table)?;
         if let Some(rows) = &self.extra {
-            let cast;
-            let rows = if rows.dtype() == out.dtype() {
-                rows
-            } else {
-                cast = rows.try_to_dtype(out.dtype())?;
-                &cast
-            };
+            let rows = super::in_dtype(rows, out.dtype())?;
             // Memory tokens come as runs (k consecutive positions reading rows
             // 0..k), so each run is one row-range copy, on whichever device.
             let mut i = 0;
@@ -155,7 +149,7 @@ impl TokenEmbedding {
                 while extra.get(i + n) == Some(&(p + n, r + n)) {
                     n += 1;
                 }
-                out.copy_rows(p, rows, r, n)?;
+                out.copy_rows(p, &rows, r, n)?;
                 i += n;
             }
         }

@@ -19,6 +19,7 @@ use llm2comp_tensor::ops::dropout::{self, DropoutMask, SeqKeys};
 use llm2comp_tensor::ops::{matmul, residual};
 use llm2comp_tensor::{DType, Result, Tensor, TensorError};
 
+use super::in_dtype;
 use super::lora::{Lora, LoraConfig, LoraGrads};
 
 const OP: &str = "Linear";
@@ -56,16 +57,6 @@ pub struct Linear {
 pub struct LinearCache {
     /// h = scale·dropout(x)·Aᵀ and the dropout mask, when the side path ran.
     side: Option<(Tensor, Option<DropoutMask>)>,
-}
-
-/// `t` in `dtype`: borrowed when it already is (the CPU's f32), else a cast
-/// on its device (an f32 LoRA matrix beside bf16 activations).
-fn in_dtype(t: &Tensor, dtype: DType) -> Result<Cow<'_, Tensor>> {
-    Ok(if t.dtype() == dtype {
-        Cow::Borrowed(t)
-    } else {
-        Cow::Owned(t.try_to_dtype(dtype)?)
-    })
 }
 
 impl Linear {

@@ -132,6 +132,19 @@ impl Pass {
     }
 }
 
+/// `t` in `dtype`: borrowed when it already is (the CPU's f32), else a cast
+/// on its device (an f32 trainable tensor beside bf16 activations).
+pub(crate) fn in_dtype(
+    t: &llm2comp_tensor::Tensor,
+    dtype: llm2comp_tensor::DType,
+) -> llm2comp_tensor::Result<std::borrow::Cow<'_, llm2comp_tensor::Tensor>> {
+    Ok(if t.dtype() == dtype {
+        std::borrow::Cow::Borrowed(t)
+    } else {
+        std::borrow::Cow::Owned(t.try_to_dtype(dtype)?)
+    })
+}
+
 /// Errors unless `t` is a weight the layers compute with: f32 anywhere, or
 /// bf16 on a CUDA device (the CPU kernels are f32 only).
 pub(crate) fn check_weight(
