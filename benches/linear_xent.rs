@@ -21,7 +21,7 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements((4 * N * H * V) as u64));
     g.bench_function(
         BenchmarkId::new("forward_backward", format!("{N}x{H}x{V}")),
-        |b| b.iter(|| linear_xent::forward_backward(&h, &w, &targets, None, &opts).unwrap()),
+        |b| b.iter(|| linear_xent::forward_backward(&h, &w, &targets, None, None, &opts).unwrap()),
     );
     g.finish();
 }

@@ -36,6 +36,9 @@
 //   tile kernel writes P = exp(z - m') and rescales the row's f32
 //   accumulator by exp(m - m') before the host's GEMM acc += P.W_tile; the
 //   finish kernel divides by the sum and subtracts W_target.
+// - One sweep with dW (trained head): the host walks row chunks over the
+//   whole vocabulary instead (linear_xent_sweep_row_*), so each row's lse
+//   is final before its gradient is formed.
 // - KL: teacher and student tiles Zt, Zs; running (max, sum) for both, and
 //   cross = sum_v exp(zt - mt).(zt - zs) rescaled with the teacher's sum, so
 //   KL = cross/sum_t - lse_t + lse_s. Backward: G = c.dloss.(p_s - p_t) from
@@ -306,6 +309,79 @@ extern "C" __global__ void linear_xent_fb_finish_bf16(const float* run_max, cons
                                                       const float* acc, const bf16* w, int dim,
                                                       float* lse, float* loss_rows, bf16* dh) {
     xent_fb_finish(run_max, run_sum, picked, coef, rows, targets, acc, w, dim, lse, loss_rows, dh);
+}
+
+// One sweep with the head's gradient (row chunks over the whole vocabulary),
+// one block per chunk row r (grid = rc): z f32 [rc, vocab] holds the chunk's
+// complete logit rows, so the row's lse is final after one online pass, and
+// a second pass turns the row into g = coef.(softmax(z) - onehot(target)) of
+// the GEMM type IN PLACE: row r of g starts at row r's first byte and keeps
+// its byte stride (4.vocab), so bf16 g is read by cuBLAS with a leading
+// dimension of 2.vocab elements. The host then runs dh_chunk = g.W and
+// dW += g^T.h_chunk: 6.N.H.V FLOPs in all, with no [rc, vocab] buffer
+// besides z. targets, coef, loss_rows, rows: chunk-offset [rc]; lse: [N].
+//
+// In place is safe because g[v] (bytes [2v, 2v + 2) of the row for bf16,
+// [4v, 4v + 4) for f32) only overwrites z[j] with j <= v: each span of
+// SWEEP_PER.blockDim logits is read whole into registers, then a barrier,
+// then written, so every overwritten z was read in this span or before it.
+#define SWEEP_PER 8
+template <typename T>
+__device__ void xent_row_sweep(float* z, int vocab, const int* targets, const int* rows,
+                               const float* coef, float* lse, float* loss_rows) {
+    const int r = blockIdx.x;
+    float* zr = z + (long long)r * vocab;
+    T* gr = reinterpret_cast<T*>(zr);
+    // Online (max, sum) per thread, then combined across the block.
+    float m = -INFINITY, s = 0.0f;
+    for (int v = threadIdx.x; v < vocab; v += blockDim.x) {
+        const float x = zr[v];
+        if (x > m) {
+            s = s * rebase(m, x) + 1.0f;
+            m = x;
+        } else {
+            s += expf(x - m);
+        }
+    }
+    const float mx = block_max(m);
+    const float sum = block_sum(m == -INFINITY ? 0.0f : s * expf(m - mx));
+    const float l = mx + logf(sum);
+    const int t = targets[r];
+    const float c = coef[r];
+    // Read before the first span's barrier, so before any write.
+    const float zt = zr[t];
+    if (threadIdx.x == 0) {
+        lse[rows[r]] = l;
+        loss_rows[r] = c * (l - zt);
+    }
+    const int span = SWEEP_PER * blockDim.x;
+    for (int v0 = 0; v0 < vocab; v0 += span) {
+        float p[SWEEP_PER];
+#pragma unroll
+        for (int j = 0; j < SWEEP_PER; ++j) {
+            const int v = v0 + j * blockDim.x + threadIdx.x;
+            p[j] = v < vocab ? zr[v] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int j = 0; j < SWEEP_PER; ++j) {
+            const int v = v0 + j * blockDim.x + threadIdx.x;
+            if (v < vocab) {
+                const float q = expf(p[j] - l);
+                st(gr, v, c * (v == t ? q - 1.0f : q));
+            }
+        }
+    }
+}
+extern "C" __global__ void linear_xent_sweep_row_f32(float* z, int vocab, const int* targets,
+                                                     const int* rows, const float* coef,
+                                                     float* lse, float* loss_rows) {
+    xent_row_sweep<float>(z, vocab, targets, rows, coef, lse, loss_rows);
+}
+extern "C" __global__ void linear_xent_sweep_row_bf16(float* z, int vocab, const int* targets,
+                                                      const int* rows, const float* coef,
+                                                      float* lse, float* loss_rows) {
+    xent_row_sweep<bf16>(z, vocab, targets, rows, coef, lse, loss_rows);
 }
 
 // ---------------------------------------------------------------- KL(teacher || student)

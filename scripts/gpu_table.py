@@ -4,7 +4,8 @@ scripts/bench_gpu_torch.py) and writes a markdown table.
 
 Usage: python3 gpu_table.py LOG... > table.md
 Speed-up = PyTorch ms / our ms (> 1: we are faster); memory = our peak bytes /
-PyTorch's. Rows of ours with several tilings each get their own line.
+PyTorch's. Rows of ours with several tilings each get their own line; a row
+with a "baseline" field is paired with the PyTorch row of that name.
 """
 
 import json
@@ -25,7 +26,7 @@ def main(paths):
     print("| benchmark | tiling | ours ms | ours TFLOP/s | PyTorch ms | speed-up | ours peak MiB | PyTorch peak MiB | memory |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in ours:
-        t = torch.get(r["name"])
+        t = torch.get(r.get("baseline", r["name"]))
         speed = f"{t['ms'] / r['ms']:.2f}x" if t else "-"
         tms = f"{t['ms']:.3f}" if t else "-"
         ours_peak = r.get("peak_bytes")

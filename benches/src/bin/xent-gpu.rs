@@ -6,6 +6,10 @@
 //! - `linear_xent fwd+bwd+dw`: forward, then backward with dL/dh and dL/dW
 //!   (what PyTorch eager's `cross_entropy(h @ W.T)` + `backward()` computes);
 //! - `linear_xent one-sweep`: forward + dL/dh of a frozen head in one pass;
+//! - `linear_xent sweep+dw`: forward, dL/dh and dL/dW in one pass over
+//!   whole-vocabulary row chunks (6·N·H·V FLOPs, as eager), compared with
+//!   eager's `fwd+bwd+dw`; run where the tiling's logit budget holds at
+//!   least 64 whole rows (fewer make the dW GEMMs memory-bound);
 //! - `linear_kl fwd+bwd+dw`: KL(teacher ‖ student), student gradients.
 //!
 //! Timing: CUDA events on the device's one stream around each call (which
@@ -27,7 +31,9 @@ const SHAPES: &[(usize, usize, usize)] = &[
     (8192, 4096, 128256),
 ];
 /// (row chunk, vocab tile): the CPU defaults first.
-const TILINGS: &[(usize, usize)] = &[(256, 4096), (2048, 8192), (8192, 4096)];
+/// 4096 × 6144 is a 96 MiB logit budget: 512 whole rows of SmolLM2's
+/// vocabulary for the one sweep with dW.
+const TILINGS: &[(usize, usize)] = &[(256, 4096), (2048, 8192), (4096, 6144), (8192, 4096)];
 
 /// Median milliseconds of `f` and its peak device bytes beyond what was in use.
 fn time(d: &cuda::CudaDevice, reps: usize, f: &mut dyn FnMut()) -> (f64, usize) {
@@ -54,9 +60,14 @@ fn time(d: &cuda::CudaDevice, reps: usize, f: &mut dyn FnMut()) -> (f64, usize) 
 }
 
 fn emit(name: &str, chunk: usize, tile: usize, ms: f64, flop: f64, peak: usize) {
+    emit_vs(name, name, chunk, tile, ms, flop, peak);
+}
+
+/// A row whose PyTorch baseline has another name (`baseline`).
+fn emit_vs(name: &str, baseline: &str, chunk: usize, tile: usize, ms: f64, flop: f64, peak: usize) {
     println!(
-        "BENCH {{\"impl\": \"llm2comp\", \"name\": \"{name}\", \"tiling\": \"{chunk}x{tile}\", \
-         \"ms\": {ms:.3}, \"tflops\": {:.1}, \"peak_bytes\": {peak}}}",
+        "BENCH {{\"impl\": \"llm2comp\", \"name\": \"{name}\", \"baseline\": \"{baseline}\", \
+         \"tiling\": \"{chunk}x{tile}\", \"ms\": {ms:.3}, \"tflops\": {:.1}, \"peak_bytes\": {peak}}}",
         flop / ms / 1e9
     );
 }
@@ -109,7 +120,7 @@ fn main() {
                 peak,
             );
             let (ms, peak) = time(&d, reps, &mut || {
-                let (out, dh) = linear_xent::forward_backward(&hs, &w, &targets, None, &xo)
+                let (out, dh) = linear_xent::forward_backward(&hs, &w, &targets, None, None, &xo)
                     .expect("one-sweep CE");
                 assert!(out.loss.is_finite() && dh.numel() == n * h);
             });
@@ -121,6 +132,24 @@ fn main() {
                 4.0 * nhv,
                 peak,
             );
+            if chunk * tile / v >= 64 {
+                let (ms, peak) = time(&d, reps, &mut || {
+                    let (out, dh) =
+                        linear_xent::forward_backward(&hs, &w, &targets, None, Some(&mut dw), &xo)
+                            .expect("one-sweep CE with dW");
+                    assert!(out.loss.is_finite() && dh.numel() == n * h);
+                });
+                // Logits, dh and dW GEMMs: 6·N·H·V.
+                emit_vs(
+                    &format!("linear_xent sweep+dw {shape}"),
+                    &format!("linear_xent fwd+bwd+dw {shape}"),
+                    chunk,
+                    tile,
+                    ms,
+                    6.0 * nhv,
+                    peak,
+                );
+            }
             let ko = LinearKlOptions {
                 row_chunk: chunk,
                 vocab_tile: tile,

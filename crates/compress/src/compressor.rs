@@ -328,6 +328,7 @@ impl Compressor {
                     &self.head,
                     &b.targets,
                     Some(&weights),
+                    None,
                     &o,
                 )?;
                 (out.loss, ds)

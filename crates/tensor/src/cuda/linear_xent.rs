@@ -37,7 +37,7 @@ use std::sync::Arc;
 use cudarc::driver::PushKernelArg;
 
 use super::alloc::round_size;
-use super::matmul::{Gemm, gemm};
+use super::matmul::{Gemm, gemm, gemm_lda};
 use super::{CudaDevice, DeviceBuffer, blocks_for, cfg, launch_err, modules};
 use crate::cpu::linear_xent::{Active, Tiling};
 use crate::{DType, Result, Tensor, TensorError};
@@ -466,6 +466,8 @@ fn regions(
             na * 4,
             na * 4,
         ],
+        // h chunk, dh chunk (f32), Z over the whole vocabulary (vt = V; g in place)
+        Pass::SweepDw => vec![rc * dim * e, rc * dim * 4, rc * vt * 4],
     }
 }
 
@@ -474,6 +476,29 @@ enum Pass {
     Forward,
     Backward,
     OneSweep,
+    SweepDw,
+}
+
+/// Below this many rows per chunk the one sweep with dW loses to forward +
+/// backward: its dW GEMM (k = rows) re-reads and re-writes all of dW per
+/// chunk, and its dh GEMM has few output tiles. Measured on an H200
+/// (docs/benchmarks.md, 2026-12-04): 261 and 341 rows lost (0.95×, 0.96×),
+/// 524 rows won (1.18×).
+pub const SWEEP_MIN_ROWS: usize = 512;
+
+/// Whether `forward_backward` with dW should take the one sweep for `n` rows
+/// (else forward then backward): its chunks hold at least
+/// [`SWEEP_MIN_ROWS`] rows, or all of them.
+pub fn sweep_pays(tiling: Tiling, n: usize, vocab: usize) -> bool {
+    let rc = sweep_rows(tiling, n, vocab);
+    rc >= SWEEP_MIN_ROWS || rc >= n
+}
+
+/// Rows per chunk of the one sweep with dW: as many whole-vocabulary f32
+/// logit rows as the tiling's [rows × vocab] tile holds (so the tiling keeps
+/// meaning "this much logit memory"), at least one, at most `na`.
+pub(crate) fn sweep_rows(tiling: Tiling, na: usize, vocab: usize) -> usize {
+    (tiling.rows.saturating_mul(tiling.vocab) / vocab.max(1)).clamp(1, na.max(1))
 }
 
 /// Device bytes the allocator hands out to any of the three entry points
@@ -488,6 +513,9 @@ pub fn workspace_bytes(n: usize, dim: usize, vocab: usize, tiling: Tiling) -> us
             let r = regions(pass, n, dim, rc, vt, ab, true);
             worst = worst.max(handed_out(&r, bufs, n));
         }
+        let sr = sweep_rows(tiling, n.max(1), vocab.max(1));
+        let r = regions(Pass::SweepDw, n, dim, sr, vocab.max(1), ab, false);
+        worst = worst.max(handed_out(&r, 4, n));
     }
     worst
 }
@@ -753,6 +781,111 @@ pub fn forward_backward(x: &XentArgs<'_>) -> Result<(f64, Tensor, Tensor)> {
     // SAFETY: one block per active row; acc [na, dim] f32, W [V, dim] and dh
     // [N, dim] of the operand dtype, lse [N], loss_rows [na].
     unsafe { b.launch(cfg(na as u32, BLOCK, 0)) }.map_err(launch_err(OP))?;
+    let loss = read_loss(&dev, &loss_rows, na)?;
+    Ok((loss, lse, dh))
+}
+
+/// Loss, lse, dL/d hidden (dloss = 1) and dL/dW added into `dweight`, in one
+/// sweep: 6·N·H·V FLOPs where `forward` + `backward` do 8·N·H·V. The active
+/// rows go in chunks of [`sweep_rows`], each against the whole vocabulary:
+/// Z = h_c·Wᵀ (f32 [rc, V]); `linear_xent_sweep_row_*` finishes each row's
+/// lse and loss and overwrites Z with G = c·(softmax − onehot) in the operand
+/// dtype; then dh_c = G·W (f32, scattered into dh) and dW += Gᵀ·h_c straight
+/// into `dweight` (beta 1). A bf16 dW is therefore rounded once per chunk
+/// rather than once in all (the tiled backward's f32 tile accumulator would
+/// cost V·H·4 bytes here, more than the logits).
+pub fn forward_backward_dw(
+    x: &XentArgs<'_>,
+    dweight: &mut Tensor,
+) -> Result<(f64, Tensor, Tensor)> {
+    let dev = x.hidden.cuda_device(OP, "hidden")?;
+    let ab = operand_dtype(OP, (x.hidden, "hidden"), (x.weight, "weight"))?;
+    check_dweight(OP, dweight, ab)?;
+    check_i32(OP, "vocabulary", x.vocab)?;
+    // bf16 G is read with a row stride of 2·V elements.
+    check_i32(OP, "twice the vocabulary", 2 * x.vocab)?;
+    let lse = Tensor::try_zeros(&[x.targets.len()], DType::F32, x.hidden.device())?;
+    let dh = Tensor::try_zeros(x.hidden.shape(), ab, x.hidden.device())?;
+    let active = active(x);
+    if active.rows.is_empty() {
+        return Ok((0.0, lse, dh));
+    }
+    let rows = DeviceRows::upload(&dev, &active, Some(x.targets))?;
+    let targets = rows.targets.as_ref().expect("uploaded with targets");
+    let (na, dim, vocab) = (rows.count, x.dim, x.vocab);
+    let rc = sweep_rows(x.tiling, na, vocab);
+    let (_ws, p) = carve(&dev, &regions(Pass::SweepDw, na, dim, rc, vocab, ab, false))?;
+    let (hc, dhc, z) = (p[0], p[1], p[2]);
+    let loss_rows = dev.alloc(na * 4)?;
+    let (hp, wp, lp, dp) = (
+        x.hidden.cuda_ptr(OP, "hidden")?,
+        x.weight.cuda_ptr(OP, "weight")?,
+        lse.cuda_ptr(OP, "lse")?,
+        dh.cuda_ptr(OP, "dhidden")?,
+    );
+    let (dwp, dw_dtype) = (dweight.cuda_ptr(OP, "dweight")?, dweight.dtype());
+    // G's row stride in elements: it lives in the f32 rows of Z.
+    let g_ld = vocab * 4 / ab.size_in_bytes();
+    let row = dev.function(
+        &modules::LINEAR_XENT,
+        &format!("linear_xent_sweep_row_{}", suffix(ab)),
+    )?;
+    let vocab32 = vocab as i32;
+    for (a, rcn) in steps(na, rc) {
+        let rows_a = DeviceRows::at(&rows.rows, a);
+        gather(&dev, OP, ab, hp, rows_a, hc, rcn, dim)?;
+        logits(&dev, ab, hc, wp, z, rcn, dim, 0, vocab)?;
+        let (tg, cp, lr) = (
+            DeviceRows::at(targets, a),
+            DeviceRows::at(&rows.coef, a),
+            loss_rows.ptr() + (a * 4) as u64,
+        );
+        let mut b = dev.stream().launch_builder(&row);
+        b.arg(&z).arg(&vocab32).arg(&tg).arg(&rows_a).arg(&cp);
+        b.arg(&lp).arg(&lr);
+        // SAFETY: z is f32 [rcn, vocab]; the chunk-offset row arrays hold
+        // ≥ rcn entries, rows index into lse [N]; loss_rows has na ≥ a + rcn.
+        unsafe { b.launch(cfg(rcn as u32, BLOCK, 0)) }.map_err(launch_err(OP))?;
+        // dh_c = G·W.
+        gemm_lda(
+            &dev,
+            &Gemm {
+                m: rcn,
+                n: dim,
+                k: vocab,
+                a: z,
+                a_t: false,
+                b: wp,
+                b_t: false,
+                c: dhc,
+                alpha: 1.0,
+                beta: 0.0,
+                ab,
+                c_dtype: DType::F32,
+            },
+            g_ld,
+        )?;
+        // dW += Gᵀ·h_c: G stored [k = rcn, m = vocab] with row stride g_ld.
+        gemm_lda(
+            &dev,
+            &Gemm {
+                m: vocab,
+                n: dim,
+                k: rcn,
+                a: z,
+                a_t: true,
+                b: hc,
+                b_t: false,
+                c: dwp,
+                alpha: 1.0,
+                beta: 1.0,
+                ab,
+                c_dtype: dw_dtype,
+            },
+            g_ld,
+        )?;
+        scatter(&dev, OP, ab, dhc, rows_a, dp, rcn, dim)?;
+    }
     let loss = read_loss(&dev, &loss_rows, na)?;
     Ok((loss, lse, dh))
 }

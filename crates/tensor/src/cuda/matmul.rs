@@ -65,14 +65,27 @@ fn int(op_name: &'static str, x: usize) -> Result<i32> {
         .map_err(|_| TensorError::invalid(op_name, format!("GEMM dimension {x} exceeds i32")))
 }
 
-/// Enqueues one GEMM on the device's stream.
+/// Enqueues one GEMM on the device's stream (every operand packed: row stride = its width).
 pub fn gemm(dev: &CudaDevice, g: &Gemm) -> Result<()> {
+    gemm_lda(dev, g, if g.a_t { g.m } else { g.k })
+}
+
+/// [`gemm`] with A's row stride `lda` in elements (≥ its packed width): A is
+/// then rows of a wider buffer, as the in-place gradient of the fused
+/// cross-entropy's one sweep with dW (bf16 written over f32 logits) is.
+pub fn gemm_lda(dev: &CudaDevice, g: &Gemm, lda: usize) -> Result<()> {
     const OP: &str = "cuda::gemm";
     if g.m == 0 || g.n == 0 {
         return Ok(());
     }
+    let packed = if g.a_t { g.m } else { g.k };
+    if lda < packed {
+        return Err(TensorError::invalid(
+            OP,
+            format!("A's row stride {lda} is below its width {packed}"),
+        ));
+    }
     // Leading dimensions of the row-major storages.
-    let lda = if g.a_t { g.m } else { g.k };
     let ldb = if g.b_t { g.k } else { g.n };
     let (m, n, k) = (int(OP, g.m)?, int(OP, g.n)?, int(OP, g.k)?);
     let (lda, ldb, ldc) = (int(OP, lda.max(1))?, int(OP, ldb.max(1))?, n);

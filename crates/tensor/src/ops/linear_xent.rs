@@ -293,17 +293,60 @@ pub fn backward(
 }
 
 /// Loss and dL/d hidden (for dloss = 1; scale it for another) in one sweep of
-/// the vocabulary: the training path when the head is frozen. It does 4·N·H·V
-/// FLOPs where `forward` + `backward` do 6·N·H·V, at the price of producing
-/// dh before the caller knows dloss. A trained head needs `backward`.
+/// the vocabulary, at the price of producing the gradients before the caller
+/// knows dloss. With `dweight` (a trained head) dL/dW is added into it too.
+///
+/// Frozen head (`None`): 4·N·H·V FLOPs where `forward` + `backward` do
+/// 6·N·H·V. Trained head on CUDA: 6·N·H·V where they do 8·N·H·V, holding
+/// whole-vocabulary logit rows of as many rows as `row_chunk × vocab_tile`
+/// floats allow (see `cuda::linear_xent::forward_backward_dw`), when that is
+/// at least `cuda::linear_xent::SWEEP_MIN_ROWS` rows (or all of them);
+/// otherwise, and on the CPU (the reference), `forward` then `backward`.
 pub fn forward_backward(
     hidden: &Tensor,
     weight: &Tensor,
     targets: &[i64],
     row_weights: Option<&[f32]>,
+    dweight: Option<&mut Tensor>,
     opts: &LinearXentOptions,
 ) -> Result<(LinearXentOut, Tensor)> {
     let (rows, dim, vocab, tiling) = validate(hidden, weight, targets, row_weights, opts)?;
+    if let Some(dw) = dweight {
+        dw.expect_shape(OP, "dweight", weight.shape())?;
+        crate::ops::same_device(OP, &[hidden, dw])?;
+        let sweep = matches!(hidden.device(), Device::Cuda(_))
+            && cuda::linear_xent::sweep_pays(tiling, rows, vocab);
+        return match hidden.device() {
+            Device::Cuda(_) if sweep => {
+                let x = cuda_args(
+                    hidden,
+                    weight,
+                    dim,
+                    vocab,
+                    targets,
+                    row_weights,
+                    opts,
+                    tiling,
+                );
+                let (loss, lse, dh) = cuda::linear_xent::forward_backward_dw(&x, dw)?;
+                Ok((LinearXentOut { loss, lse }, dh))
+            }
+            _ => {
+                let out = forward(hidden, weight, targets, row_weights, opts)?;
+                let dh = backward(
+                    1.0,
+                    hidden,
+                    weight,
+                    targets,
+                    row_weights,
+                    &out.lse,
+                    Some(dw),
+                    opts,
+                )?;
+                Ok((out, dh))
+            }
+        };
+    }
     match hidden.device() {
         Device::Cpu => {
             let mut lse = Tensor::zeros(&[rows], hidden.dtype(), Device::Cpu);

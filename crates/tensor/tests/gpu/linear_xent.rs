@@ -239,9 +239,9 @@ fn xent_case(c: Case) {
     );
 
     // One sweep.
-    let (want1, dh1_want) = linear_xent::forward_backward(&hc, &wc, &t, rw, &o).unwrap();
+    let (want1, dh1_want) = linear_xent::forward_backward(&hc, &wc, &t, rw, None, &o).unwrap();
     let ((got1, dh1), bytes) = measured(&d, || {
-        linear_xent::forward_backward(&hg, &wg, &t, rw, &o).unwrap()
+        linear_xent::forward_backward(&hg, &wg, &t, rw, None, &o).unwrap()
     });
     scalar_check(
         &format!("{name}: one-sweep loss"),
@@ -268,6 +268,65 @@ fn xent_case(c: Case) {
         ws + outputs(&[n * 4, n * dim * e]),
         n,
         v,
+    );
+
+    // One sweep with the head's gradient (whole-vocabulary row chunks on
+    // CUDA; forward + backward on the CPU), into a zeroed dW of the head's
+    // dtype. A logit budget of all N rows makes CUDA take the sweep at any N
+    // (below SWEEP_MIN_ROWS rows per chunk it would take forward + backward).
+    let os = LinearXentOptions {
+        row_chunk: n,
+        vocab_tile: v,
+        ..o
+    };
+    let mut dw2_want = Tensor::zeros(&[v, dim], DType::F32, Device::Cpu);
+    let (want2, dh2_want) =
+        linear_xent::forward_backward(&hc, &wc, &t, rw, Some(&mut dw2_want), &os).unwrap();
+    let mut dw2 = Tensor::try_zeros(&[v, dim], c.dtype, dev).unwrap();
+    let ((got2, dh2), bytes) = measured(&d, || {
+        linear_xent::forward_backward(&hg, &wg, &t, rw, Some(&mut dw2), &os).unwrap()
+    });
+    scalar_check(
+        &format!("{name}: one-sweep+dW loss"),
+        got2.loss,
+        want2.loss,
+        lb,
+    );
+    check(
+        &format!("{name}: one-sweep+dW lse"),
+        &to_cpu_f32(&got2.lse),
+        &want2.lse,
+        lb,
+    );
+    assert_eq!(dh2.dtype(), c.dtype);
+    check(
+        &format!("{name}: one-sweep+dW dh"),
+        &to_cpu_f32(&dh2),
+        &dh2_want,
+        gb,
+    );
+    check(
+        &format!("{name}: one-sweep+dW dW"),
+        &to_cpu_f32(&dw2),
+        &dw2_want,
+        gb,
+    );
+    zero_rows(&format!("{name}: one-sweep+dW dh"), &dh2, &dead);
+    memory_check(
+        &format!("{name}: one-sweep+dW"),
+        bytes,
+        linear_xent::workspace_bytes(dev, n, dim, v, &os) + outputs(&[n * 4, n * dim * e]),
+        n,
+        v,
+    );
+    // dW is added into: an f32 buffer that already holds the reference.
+    let mut dw2_twice = dw2_want.to_device(dev).unwrap();
+    linear_xent::forward_backward(&hg, &wg, &t, rw, Some(&mut dw2_twice), &os).unwrap();
+    check(
+        &format!("{name}: one-sweep+dW added into f32"),
+        &to_cpu_f32(&dw2_twice),
+        &scaled(&dw2_want, 2.0),
+        gb,
     );
 }
 
@@ -560,9 +619,43 @@ fn large_row_counts_never_hold_full_logits() {
     });
     memory_check("linear_xent N=4096 backward + dW", bytes, bound, n, v);
     let ((one, dh1), bytes) = measured(&d, || {
-        linear_xent::forward_backward(&h, &w, &t, None, &o).unwrap()
+        linear_xent::forward_backward(&h, &w, &t, None, None, &o).unwrap()
     });
     memory_check("linear_xent N=4096 one sweep", bytes, bound, n, v);
+    // 600 whole rows per chunk (over SWEEP_MIN_ROWS, so the sweep runs):
+    // six full chunks and a ragged one.
+    let os = LinearXentOptions {
+        row_chunk: 600,
+        vocab_tile: v,
+        ..o
+    };
+    let sbound = (linear_xent::workspace_bytes(dev, n, H, v, &os) + outputs(&[n * 4, n * H * 2]))
+        .min(full / 4);
+    let mut dw2 = Tensor::try_zeros(&[v, H], DType::BF16, dev).unwrap();
+    let ((two, dh2), bytes) = measured(&d, || {
+        linear_xent::forward_backward(&h, &w, &t, None, Some(&mut dw2), &os).unwrap()
+    });
+    memory_check("linear_xent N=4096 one sweep + dW", bytes, sbound, n, v);
+    scalar_check(
+        "linear_xent N=4096 one-sweep+dW vs two-pass loss",
+        two.loss,
+        fwd.loss,
+        1e-4,
+    );
+    check(
+        "linear_xent N=4096 one-sweep+dW vs two-pass dh",
+        &to_cpu_f32(&dh2),
+        &to_cpu_f32(&dh),
+        1e-2,
+    );
+    // Seven chunks, each rounding the bf16 dW once, against the two-pass
+    // backward's single rounding per tile.
+    check(
+        "linear_xent N=4096 one-sweep+dW vs two-pass dW",
+        &to_cpu_f32(&dw2),
+        &to_cpu_f32(&dw),
+        2e-2,
+    );
     scalar_check(
         "linear_xent N=4096 one-sweep vs two-pass loss",
         one.loss,
