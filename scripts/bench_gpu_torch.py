@@ -13,6 +13,8 @@ Timing: CUDA events, warm-up first, median of the repeats.
 import json
 import statistics
 
+import sys
+
 import torch
 import torch.nn.functional as F
 
@@ -118,5 +120,9 @@ def fused_losses():
 
 if __name__ == "__main__":
     print(torch.__version__, torch.cuda.get_device_name())
-    attention()
-    fused_losses()
+    # `attention`, `losses` or both (default): gpu-check.sh's BENCH_TORCH.
+    only = sys.argv[1:] or ["attention", "losses"]
+    if "attention" in only:
+        attention()
+    if "losses" in only:
+        fused_losses()

@@ -36,6 +36,11 @@ echo "== GPU tests"
 # One thread: the tests share one device and print figures as they go.
 "$bin/gpu-tests" --test-threads=1 --nocapture 2>&1 | tee "$out/gpu-tests.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+# On this machine a GPU test that skipped (no device, a device that failed to
+# open) is a failure, not a pass.
+skipped=$(grep -c "SKIPPED" "$out/gpu-tests.log")
+echo "GPU tests that printed SKIPPED: $skipped"
+[ "$skipped" -eq 0 ] || { grep "SKIPPED" "$out/gpu-tests.log" | head; status=1; }
 
 if command -v compute-sanitizer >/dev/null && [ -z "${SKIP_SANITIZER:-}" ]; then
     # Small cases of every kernel family: the `small` tests, plus the small-op
@@ -173,17 +178,25 @@ echo "== benchmarks at ${SECONDS}s"
 # compress-step-gpu also checks its step against the CPU's (exit 1 if they
 # differ) and writes the model config and batch the PyTorch step reads.
 export COMPRESS_GPU_OUT="$out/compress-step"
+# BENCHES: the bench binaries to run (default: every *-gpu); BENCH_TORCH: the
+# PyTorch baseline groups (attention, losses; default both).
 for b in "$bin"/*-gpu; do
     [ -x "$b" ] || continue
+    if [ -n "${BENCHES:-}" ] && ! [[ " $BENCHES " == *" $(basename "$b") "* ]]; then
+        echo "-- $(basename "$b"): not in BENCHES, not run"
+        continue
+    fi
     echo "-- $(basename "$b") at ${SECONDS}s"
     timeout "${BENCH_TIMEOUT:-240}" "$b" 2>&1 | tee "$out/$(basename "$b").log"
     [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "$(basename "$b"): FAILED"; status=1; }
 done
 if [ -f "$here/bench_gpu_torch.py" ]; then
     echo "-- PyTorch baselines at ${SECONDS}s"
-    timeout 180 python3 "$here/bench_gpu_torch.py" 2>&1 | tee "$out/torch.log"
+    # shellcheck disable=SC2086 # one group per word
+    timeout 180 python3 "$here/bench_gpu_torch.py" ${BENCH_TORCH:-} 2>&1 | tee "$out/torch.log"
 fi
-if [ -f "$here/bench_pretrain_torch.py" ] && [ -f "$COMPRESS_GPU_OUT/batch.json" ]; then
+if [ -f "$here/bench_pretrain_torch.py" ] && [ -f "$COMPRESS_GPU_OUT/batch.json" ] &&
+    { [ -z "${BENCHES:-}" ] || [[ " $BENCHES " == *" compress-step-gpu "* ]]; }; then
     echo "-- PyTorch compression step (transformers + PEFT, two model copies) at ${SECONDS}s"
     timeout 240 python3 "$here/bench_pretrain_torch.py" --config "$COMPRESS_GPU_OUT/config.json" \
         --batch "$COMPRESS_GPU_OUT/batch.json" --objective kl --device cuda --dtype bf16 \
