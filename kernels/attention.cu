@@ -111,8 +111,7 @@
 typedef __nv_bfloat16 bf16;
 #endif
 
-#define LOG2E_F 1.4426950408889634f
-#define LN2_F 0.6931471805599453f
+#include "attention_common.cuh"
 
 // ---------------------------------------------------------------- helpers
 
@@ -128,30 +127,6 @@ __device__ __forceinline__ float warp_sum(float x) {
     return x;
 }
 
-// SplitMix64's finaliser, as cpu/dropout.rs.
-__device__ __forceinline__ uint64_t mix64(uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-__device__ __forceinline__ uint32_t hash_u32(uint64_t seed, uint64_t index) {
-    return (uint32_t)(mix64(seed ^ mix64(index + 0x9e3779b97f4a7c15ULL)) >> 32);
-}
-
-// Dropout parameters, resolved on the host.
-struct Drop {
-    uint64_t seed, offset, thr, tokens;
-    float inv_keep;
-    int on;
-    // The factor (0 or 1/(1-p)) of P[h, i, j]; 1 when dropout is off.
-    __device__ __forceinline__ float factor(int h, int i, int j) const {
-        if (!on) return 1.0f;
-        uint64_t idx = ((uint64_t)h * tokens + (uint64_t)i) * tokens + (uint64_t)j;
-        return (uint64_t)hash_u32(seed, offset + idx) < thr ? inv_keep : 0.0f;
-    }
-};
-
 // The sequence [s0, s1) holding token i: the largest b < nseq with cu[b] <= i.
 __device__ __forceinline__ void find_seq(const int* cu, int nseq, int i, int& s0, int& s1) {
     int lo = 0, hi = nseq;  // invariant cu[lo] <= i < cu[hi]
@@ -161,11 +136,6 @@ __device__ __forceinline__ void find_seq(const int* cu, int nseq, int i, int& s0
     }
     s0 = cu[lo];
     s1 = cu[lo + 1];
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
 }
 
 #ifndef ATTN_HOST_EMU
@@ -208,14 +178,6 @@ __device__ __forceinline__ void cp_async_commit() {
 
 template <int N> __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-// 2^x by the SFU alone (relative error ~2^-22; ex2(-inf) = 0): exp2f without
-// fast math adds range handling around the same instruction.
-__device__ __forceinline__ float ex2_approx(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
 }
 
 #endif  // ATTN_HOST_EMU

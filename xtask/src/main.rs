@@ -1,6 +1,7 @@
 //! Developer tasks, run as `cargo xtask <task>`.
 //!
-//! `ptx [--check]`: compiles every `kernels/*.cu` to `kernels/ptx/*.ptx`.
+//! `ptx [--check]`: compiles every `kernels/*.cu` to `kernels/ptx/*.ptx`
+//! (compute_80 PTX; `*_sm90a.cu` files compute_90a PTX for Hopper).
 //! The PTX is committed and embedded by `crates/tensor`, so a normal build
 //! never needs nvcc; only kernel authors and CI's staleness check do. nvcc
 //! comes from `$NVCC`, the PATH, or the pinned CUDA 13.0.88 PyPI wheels
@@ -22,8 +23,23 @@ const NVCC_WHEELS: &[&str] = &[
 ];
 /// Virtual architecture of the emitted PTX: runs on sm_80 and later by JIT.
 const PTX_ARCH: &str = "compute_80";
-/// Real architectures every PTX file must assemble for.
+/// Real architectures every portable PTX file must assemble for.
 const PTXAS_ARCHS: &[&str] = &["sm_80", "sm_90"];
+/// Kernels named `*_sm90a.cu` use Hopper-only instructions (wgmma): they are
+/// compiled for this virtual architecture and assembled for sm_90a only; the
+/// runtime loads them on compute capability 9.0 alone.
+const HOPPER_SUFFIX: &str = "_sm90a";
+const HOPPER_PTX_ARCH: &str = "compute_90a";
+const HOPPER_PTXAS_ARCHS: &[&str] = &["sm_90a"];
+
+/// (virtual arch to compile for, real archs to assemble for) of a kernel file stem.
+fn archs(stem: &str) -> (&'static str, &'static [&'static str]) {
+    if stem.ends_with(HOPPER_SUFFIX) {
+        (HOPPER_PTX_ARCH, HOPPER_PTXAS_ARCHS)
+    } else {
+        (PTX_ARCH, PTXAS_ARCHS)
+    }
+}
 /// Newest PTX ISA the CUDA 13.0 driver accepts.
 const MAX_PTX_ISA: (u32, u32) = (9, 0);
 
@@ -78,7 +94,7 @@ fn ptx(check: bool) -> Result<()> {
     for src in &sources {
         let name = src.file_stem().unwrap().to_string_lossy().to_string();
         let fresh = scratch.join(format!("{name}.ptx"));
-        compile(&nvcc, &staged(&root, src)?, &fresh)?;
+        compile(&nvcc, &staged(&root, src)?, &fresh, archs(&name).0)?;
         check_isa(&fresh)?;
         let committed = out_dir.join(format!("{name}.ptx"));
         if check {
@@ -100,15 +116,15 @@ fn ptx(check: bool) -> Result<()> {
     }
     for src in &sources {
         let name = src.file_stem().unwrap().to_string_lossy().to_string();
-        validate(&ptxas, &out_dir.join(format!("{name}.ptx")))?;
+        validate(&ptxas, &out_dir.join(format!("{name}.ptx")), archs(&name).1)?;
     }
     Ok(())
 }
 
-fn compile(nvcc: &Path, src: &Path, out: &Path) -> Result<()> {
+fn compile(nvcc: &Path, src: &Path, out: &Path, arch: &str) -> Result<()> {
     let status = Command::new(nvcc)
         .args(["-ptx", "-O3", "-std=c++17", "-lineinfo"])
-        .arg(format!("-arch={PTX_ARCH}"))
+        .arg(format!("-arch={arch}"))
         .arg("-o")
         .arg(out)
         .arg(src)
@@ -193,8 +209,8 @@ fn check_isa(ptx: &Path) -> Result<()> {
 }
 
 /// Assembles the PTX for each target architecture and prints ptxas's resource report.
-fn validate(ptxas: &Path, ptx: &Path) -> Result<()> {
-    for arch in PTXAS_ARCHS {
+fn validate(ptxas: &Path, ptx: &Path, archs: &[&str]) -> Result<()> {
+    for arch in archs {
         let out = Command::new(ptxas)
             .args(["-v", "-o", "/dev/null"])
             .arg(format!("-arch={arch}"))

@@ -1,6 +1,7 @@
 //! CUDA attention throughput: forward and backward TFLOP/s of the MMA kernels
 //! (v1, v2 and the current v3, back to back, so each tuning step is measured
-//! against the last in the same run) at Hq = Hkv = 32, D = 128,
+//! against the last in the same run; on Hopper also the wgmma forwards v4, v5)
+//! at Hq = Hkv = 32, D = 128,
 //! bf16, for 8 × 512 and 2 × 4096 tokens, causal and bidirectional, timed with
 //! CUDA events on the op's stream (so the
 //! numbers compare with torch SDPA timed the same way). FLOPs follow the
@@ -83,25 +84,37 @@ fn main() {
         let k = gpu(&[t, HEADS, D], 2, dev);
         let v = gpu(&[t, HEADS, D], 3, dev);
         let dout = gpu(&[t, HEADS, D], 4, dev);
-        for (causal, kernel) in [true, false].into_iter().flat_map(|c| {
-            [
-                (c, AttentionKernel::MmaV1),
-                (c, AttentionKernel::MmaV2),
-                (c, AttentionKernel::Mma),
-            ]
-        }) {
+        // v4, v5 (wgmma) are Hopper-only forwards; their backward is v3's, not timed again.
+        let mut kernels = vec![
+            AttentionKernel::MmaV1,
+            AttentionKernel::MmaV2,
+            AttentionKernel::Mma,
+        ];
+        if cuda_dev.is_hopper() {
+            kernels.extend([AttentionKernel::WgmmaV4, AttentionKernel::Wgmma]);
+        }
+        for (causal, kernel) in [true, false]
+            .into_iter()
+            .flat_map(|c| kernels.iter().map(move |&k| (c, k)))
+        {
             let opts = AttentionOpts::new(D, causal);
             let out = forward_with(&q, &k, &v, &cu, &opts, kernel).expect("forward");
             let fwd_ms = time_ms(&cuda_dev, || {
                 forward_with(&q, &k, &v, &cu, &opts, kernel).expect("forward");
             });
-            let bwd_ms = time_ms(&cuda_dev, || {
-                backward_with(&dout, &q, &k, &v, &out.o, &out.lse, &cu, &opts, kernel)
-                    .expect("backward");
-            });
+            let bwd_ms = if matches!(kernel, AttentionKernel::Wgmma | AttentionKernel::WgmmaV4) {
+                f64::NAN
+            } else {
+                time_ms(&cuda_dev, || {
+                    backward_with(&dout, &q, &k, &v, &out.o, &out.lse, &cu, &opts, kernel)
+                        .expect("backward");
+                })
+            };
             let version = match kernel {
                 AttentionKernel::MmaV1 => "v1",
                 AttentionKernel::MmaV2 => "v2",
+                AttentionKernel::WgmmaV4 => "v4",
+                AttentionKernel::Wgmma => "v5",
                 _ => "v3",
             };
             let s_eff = if causal { seq as f64 / 2.0 } else { seq as f64 };
@@ -113,6 +126,9 @@ fn main() {
             let name = format!("attention b{batch} s{seq} h{HEADS} d{D} {mode}");
             for (pass, ms, flops) in [("fwd", fwd_ms, fwd_flops), ("bwd", bwd_ms, 2.5 * fwd_flops)]
             {
+                if ms.is_nan() {
+                    continue;
+                }
                 println!(
                     "BENCH {{\"impl\": \"llm2comp\", \"name\": \"{name} {pass}\", \"tiling\": \"{version}\", \"ms\": {ms:.4}, \"tflops\": {:.1}}}",
                     tflops(flops, ms)

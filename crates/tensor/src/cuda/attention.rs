@@ -1,7 +1,9 @@
 //! Launchers for `kernels/attention.cu` (contract and algorithm in its header).
 //!
 //! Two kernel sets, picked per call by [`Kernel`]: the FlashAttention-2 MMA
-//! kernels (bf16, head dim 64 or 128; the current v2, or v1 for comparison)
+//! kernels (bf16, head dim 64 or 128; the current v3, or v1, v2 for
+//! comparison; on Hopper also the v4 wgmma forward of
+//! `kernels/attention_sm90a.cu`, whose backward is v3's)
 //! and the simple warp-per-row kernels
 //! (bf16 or f32, head dim ≤ 256). The simple set is the slow, obviously correct
 //! one: `LLM2COMP_ATTN_SIMPLE=1` forces it, so a wrong answer on a new card
@@ -40,17 +42,31 @@ const MAX_SIMPLE_D: usize = 256;
 const THREADS: u32 = 128;
 
 /// The kernel set that runs: `Auto` becomes MMA where it applies (bf16, D 64
-/// or 128) unless `LLM2COMP_ATTN_SIMPLE=1`, else simple.
-fn resolve(kernel: Kernel, dtype: DType, d: usize) -> Result<Kernel> {
+/// or 128; the wgmma forward on Hopper) unless `LLM2COMP_ATTN_SIMPLE=1`, else
+/// simple.
+/// `hopper`: the device has compute capability 9.x (`CudaDevice::is_hopper`).
+fn resolve(kernel: Kernel, dtype: DType, d: usize, hopper: bool) -> Result<Kernel> {
     let mma_fits = dtype == DType::BF16 && (d == 64 || d == 128);
     match kernel {
-        Kernel::Auto if simple_forced() || !mma_fits => resolve(Kernel::Simple, dtype, d),
+        Kernel::Auto if simple_forced() || !mma_fits => resolve(Kernel::Simple, dtype, d, hopper),
+        // On Hopper the wgmma forward (its backward is v3's either way).
+        Kernel::Auto if hopper => Ok(Kernel::Wgmma),
         Kernel::Auto => Ok(Kernel::Mma),
-        Kernel::Mma | Kernel::MmaV1 | Kernel::MmaV2 if mma_fits => Ok(kernel),
-        Kernel::Mma | Kernel::MmaV1 | Kernel::MmaV2 => Err(TensorError::invalid(
+        Kernel::Wgmma | Kernel::WgmmaV4 if !hopper => Err(TensorError::invalid(
             OP,
-            format!("the MMA kernels need bf16 and head_dim 64 or 128, got {dtype:?} and {d}"),
+            "the wgmma attention kernel needs a Hopper GPU (compute capability 9.x)".to_string(),
         )),
+        Kernel::Mma | Kernel::MmaV1 | Kernel::MmaV2 | Kernel::Wgmma | Kernel::WgmmaV4
+            if mma_fits =>
+        {
+            Ok(kernel)
+        }
+        Kernel::Mma | Kernel::MmaV1 | Kernel::MmaV2 | Kernel::Wgmma | Kernel::WgmmaV4 => {
+            Err(TensorError::invalid(
+                OP,
+                format!("the MMA kernels need bf16 and head_dim 64 or 128, got {dtype:?} and {d}"),
+            ))
+        }
         Kernel::Simple if d <= MAX_SIMPLE_D => Ok(Kernel::Simple),
         Kernel::Simple => Err(TensorError::invalid(
             OP,
@@ -161,11 +177,41 @@ fn fwd_smem_v2(d: usize) -> u32 {
     ((FWD2_ROWS + 2 * FWD2_KEYS) * (d + 8) * 2) as u32
 }
 
-/// The forward kernel of a version: (name, query rows per tile, shared bytes).
-/// v3 is v1's layout with the fused exponent: v2's 128-row tiles were not
-/// faster on the H100 (docs/kernels.md).
-fn fwd_kernel(kernel: Kernel, d: usize) -> (String, usize, u32) {
+/// v4 (wgmma): two stages of K and V [64][D] bf16 (swizzled, unpadded), plus
+/// 1024 bytes to align the window to the swizzle's 1024-byte period.
+fn fwd_smem_v4(d: usize) -> u32 {
+    (2 * 2 * TILE * d * 2 + 1024) as u32
+}
+
+/// v5 (wgmma, pipelined): three stages of K and V [64][D], plus the slack.
+fn fwd_smem_v5(d: usize) -> u32 {
+    (3 * 2 * TILE * d * 2 + 1024) as u32
+}
+
+/// The forward kernel of a version: (module, name, query rows per tile, shared
+/// bytes). v3 is v1's layout with the fused exponent: v2's 128-row tiles were
+/// not faster on the H100 (docs/kernels.md).
+fn fwd_kernel(kernel: Kernel, d: usize) -> (&'static modules::Module, String, usize, u32) {
     match kernel {
+        Kernel::Wgmma => {
+            return (
+                &modules::ATTENTION_SM90A,
+                format!("attention_fwd_wgmma_pipe_d{d}"),
+                TILE,
+                fwd_smem_v5(d),
+            );
+        }
+        Kernel::WgmmaV4 => {
+            return (
+                &modules::ATTENTION_SM90A,
+                format!("attention_fwd_wgmma_d{d}"),
+                TILE,
+                fwd_smem_v4(d),
+            );
+        }
+        _ => {}
+    }
+    let (name, rows, smem) = match kernel {
         Kernel::MmaV1 => (format!("attention_fwd_mma_v1_d{d}"), TILE, fwd_smem_v1(d)),
         Kernel::MmaV2 => (
             format!("attention_fwd_mma_v2_d{d}"),
@@ -173,7 +219,8 @@ fn fwd_kernel(kernel: Kernel, d: usize) -> (String, usize, u32) {
             fwd_smem_v2(d),
         ),
         _ => (format!("attention_fwd_mma_d{d}"), TILE, fwd_smem_v1(d)),
-    }
+    };
+    (&modules::ATTENTION, name, rows, smem)
 }
 
 /// K, V [keys][D+8]; `buffers` × (Q, dO [BR][D+8]); dS [BR][keys+8] bf16;
@@ -254,8 +301,8 @@ pub(crate) fn forward(
         head_dim: d,
     } = dims;
     check_tokens(t)?;
-    let kernel = resolve(kernel, dtype, d)?;
     let dev = q.cuda_device(OP, "q")?;
+    let kernel = resolve(kernel, dtype, d, dev.is_hopper())?;
     let o = Tensor::empty(q.shape(), dtype, q.device())?;
     let lse = Tensor::empty(&[hq, t], DType::F32, q.device())?;
     if t == 0 {
@@ -271,16 +318,16 @@ pub(crate) fn forward(
     let (t32, hq32, hkv32, d32) = (t as i32, hq as i32, hkv as i32, d as i32);
     let causal = opts.causal as i32;
     match kernel {
-        Kernel::Mma | Kernel::MmaV1 | Kernel::MmaV2 => {
+        Kernel::Mma | Kernel::MmaV1 | Kernel::MmaV2 | Kernel::Wgmma | Kernel::WgmmaV4 => {
             let causal_b = opts.causal;
-            let (name, rows, smem) = fwd_kernel(kernel, d);
+            let (module, name, rows, smem) = fwd_kernel(kernel, d);
             let tiles = tile_table(cu_seqlens, rows, |t0, s0, s1| {
                 if causal_b { t0 + rows - s0 } else { s1 - s0 }
             });
             let n_tiles = (tiles.len() / 3) as u32;
             let tiles_buf = dev.upload(&tiles)?;
             let tp = tiles_buf.ptr();
-            let f = dev.function(&modules::ATTENTION, &name)?;
+            let f = dev.function(module, &name)?;
             allow_smem(&f, smem)?;
             let scale_log2 = opts.scale * std::f32::consts::LOG2_E;
             let mut b = dev.stream().launch_builder(&f);
@@ -345,8 +392,12 @@ pub(crate) fn backward(
         head_dim: d,
     } = dims;
     check_tokens(t)?;
-    let kernel = resolve(kernel, dtype, d)?;
     let dev = q.cuda_device(OP, "q")?;
+    // v4 and v5 are forward kernels: their backward is v3's.
+    let kernel = match resolve(kernel, dtype, d, dev.is_hopper())? {
+        Kernel::Wgmma | Kernel::WgmmaV4 => Kernel::Mma,
+        k => k,
+    };
     let dev_of = q.device();
     let dk = Tensor::empty(k.shape(), dtype, dev_of)?;
     let dv = Tensor::empty(v.shape(), dtype, dev_of)?;
@@ -379,7 +430,7 @@ pub(crate) fn backward(
     unsafe { b.launch(cuda::cfg(warp_grid(t * hq), THREADS, 0)) }.map_err(cuda::launch_err(OP))?;
 
     let dq = match kernel {
-        Kernel::Mma | Kernel::MmaV1 | Kernel::MmaV2 => {
+        Kernel::Mma | Kernel::MmaV1 | Kernel::MmaV2 | Kernel::Wgmma | Kernel::WgmmaV4 => {
             let causal_b = opts.causal;
             let (name, keys, threads, smem) = bwd_kernel(kernel, d);
             let tiles = tile_table(
@@ -536,27 +587,75 @@ mod tests {
     #[test]
     fn kernel_choice_follows_dtype_and_head_dim() {
         if simple_forced() {
+            // Written past libtest's capture so a default run shows it.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "kernel_choice_follows_dtype_and_head_dim: SKIPPED (LLM2COMP_ATTN_SIMPLE=1 forces the simple kernels)"
+            );
             return;
         }
         assert_eq!(
-            resolve(Kernel::Auto, DType::BF16, 128).unwrap(),
+            resolve(Kernel::Auto, DType::BF16, 128, false).unwrap(),
             Kernel::Mma
         );
         assert_eq!(
-            resolve(Kernel::Auto, DType::BF16, 96).unwrap(),
+            resolve(Kernel::Auto, DType::BF16, 96, false).unwrap(),
             Kernel::Simple
         );
         assert_eq!(
-            resolve(Kernel::Auto, DType::F32, 64).unwrap(),
+            resolve(Kernel::Auto, DType::F32, 64, false).unwrap(),
             Kernel::Simple
         );
-        assert!(resolve(Kernel::Mma, DType::F32, 64).is_err());
-        assert!(resolve(Kernel::MmaV1, DType::F32, 64).is_err());
-        assert!(resolve(Kernel::MmaV2, DType::BF16, 96).is_err());
+        assert!(resolve(Kernel::Mma, DType::F32, 64, false).is_err());
+        assert!(resolve(Kernel::MmaV1, DType::F32, 64, false).is_err());
+        assert!(resolve(Kernel::MmaV2, DType::BF16, 96, false).is_err());
         assert_eq!(
-            resolve(Kernel::MmaV1, DType::BF16, 64).unwrap(),
+            resolve(Kernel::MmaV1, DType::BF16, 64, false).unwrap(),
             Kernel::MmaV1
         );
-        assert!(resolve(Kernel::Simple, DType::BF16, 264).is_err());
+        assert!(resolve(Kernel::Simple, DType::BF16, 264, false).is_err());
+        assert_eq!(
+            resolve(Kernel::Auto, DType::BF16, 64, true).unwrap(),
+            Kernel::Wgmma
+        );
+        assert_eq!(
+            resolve(Kernel::Auto, DType::F32, 64, true).unwrap(),
+            Kernel::Simple
+        );
+        // The wgmma forward: Hopper only, and only where the MMA kernels fit.
+        let e = resolve(Kernel::Wgmma, DType::BF16, 128, false).unwrap_err();
+        assert!(e.to_string().contains("Hopper"), "{e}");
+        assert_eq!(
+            resolve(Kernel::Wgmma, DType::BF16, 64, true).unwrap(),
+            Kernel::Wgmma
+        );
+        assert!(resolve(Kernel::Wgmma, DType::F32, 64, true).is_err());
+        assert!(resolve(Kernel::Wgmma, DType::BF16, 96, true).is_err());
+    }
+
+    /// v4's window: 2 stages × (K, V) × 64 × D bf16 + the 1024-byte alignment
+    /// slack; v5's three stages.
+    #[test]
+    fn wgmma_forward_shared_memory() {
+        assert_eq!(fwd_smem_v4(128), 2 * 2 * 64 * 128 * 2 + 1024);
+        assert_eq!(
+            fwd_kernel(Kernel::WgmmaV4, 64).3,
+            2 * 2 * 64 * 64 * 2 + 1024
+        );
+        assert_eq!(
+            fwd_kernel(Kernel::WgmmaV4, 128).1,
+            "attention_fwd_wgmma_d128"
+        );
+        assert_eq!(
+            fwd_kernel(Kernel::Wgmma, 128).3,
+            3 * 2 * 64 * 128 * 2 + 1024
+        );
+        assert_eq!(
+            fwd_kernel(Kernel::Wgmma, 64).1,
+            "attention_fwd_wgmma_pipe_d64"
+        );
+        // Two v5 CTAs fit one SM's 227 KiB at D = 128.
+        assert!(2 * fwd_smem_v5(128) <= 227 * 1024);
     }
 }

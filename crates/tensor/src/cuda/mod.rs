@@ -48,6 +48,8 @@ use crate::{DType, Result, Tensor, TensorError};
 pub struct CudaDevice {
     ordinal: usize,
     name: String,
+    /// (major, minor) compute capability: picks the Hopper-only kernels.
+    capability: (i32, i32),
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     blas: Mutex<CudaBlas>,
@@ -129,12 +131,14 @@ fn init(ordinal: usize) -> Result<CudaDevice> {
     // need; no buffer is ever used from a second stream.
     unsafe { ctx.disable_event_tracking() };
     let name = ctx.name().unwrap_or_else(|_| "unknown".into());
+    let capability = ctx.compute_capability().map_err(driver_err(OP))?;
     let stream = ctx.new_stream().map_err(driver_err(OP))?;
     let blas = CudaBlas::new(stream.clone())
         .map_err(|e| TensorError::cuda(OP, format!("cuBLAS init: {e}")))?;
     Ok(CudaDevice {
         ordinal,
         name,
+        capability,
         ctx,
         stream,
         blas: Mutex::new(blas),
@@ -221,6 +225,16 @@ impl CudaDevice {
     /// The card's name as the driver reports it.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// (major, minor) compute capability, e.g. (9, 0) for an H100 or H200.
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.capability
+    }
+
+    /// Whether the Hopper-only kernels (`kernels/*_sm90a.cu`: wgmma) run here.
+    pub fn is_hopper(&self) -> bool {
+        self.capability.0 == 9
     }
 
     /// The device's single stream; every kernel and copy goes on it.

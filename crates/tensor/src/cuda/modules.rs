@@ -70,3 +70,9 @@ pub const ATTENTION: Module = Module::new(
     "attention",
     include_str!("../../../../kernels/ptx/attention.ptx"),
 );
+/// Attention forward on Hopper's wgmma (compute_90a PTX: load only where
+/// `CudaDevice::is_hopper`).
+pub const ATTENTION_SM90A: Module = Module::new(
+    "attention_sm90a",
+    include_str!("../../../../kernels/ptx/attention_sm90a.ptx"),
+);

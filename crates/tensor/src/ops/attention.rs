@@ -35,9 +35,9 @@ impl AttentionOpts {
 /// Which CUDA kernel set runs attention (ignored on CPU).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionKernel {
-    /// The FlashAttention-2 tensor-core kernels where they apply (bf16, head_dim
-    /// 64 or 128), else the simple ones; always simple when the environment
-    /// has `LLM2COMP_ATTN_SIMPLE=1`.
+    /// The tensor-core kernels where they apply (bf16, head_dim 64 or 128:
+    /// `Wgmma`'s forward on Hopper, `Mma` elsewhere), else the simple ones;
+    /// always simple when the environment has `LLM2COMP_ATTN_SIMPLE=1`.
     Auto,
     /// The tensor-core kernels (the current version, v3); an error where they
     /// do not apply.
@@ -47,6 +47,13 @@ pub enum AttentionKernel {
     MmaV1,
     /// The second version (v2), kept for the same comparison.
     MmaV2,
+    /// The Hopper forward (v5: wgmma with the softmax overlapping P·V,
+    /// `kernels/attention_sm90a.cu`), with v3's backward; an error off compute
+    /// capability 9.x or where `Mma` is.
+    Wgmma,
+    /// The first Hopper forward (v4: wgmma, one step after the other), kept
+    /// for the same-run comparison; same constraints as `Wgmma`.
+    WgmmaV4,
     /// The warp-per-row f32-math kernels (bf16 or f32, head_dim <= 256): slow,
     /// and simple enough to trust when checking the tensor-core ones.
     Simple,

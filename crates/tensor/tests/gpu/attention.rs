@@ -99,12 +99,55 @@ fn gpu_check(
             " {what} rel err {e:.2e} (bound {b:.0e}){}",
             if finite { "" } else { " NaN!" }
         );
+        if i == 0 && !(finite && e <= b) {
+            line += &worst_o(got[0], &want[0]);
+        }
     }
     (line, ok)
 }
 
+/// Where o differs most from the reference: "(token, head, channel) got vs
+/// want", so a wrong fragment or shared-memory layout shows its pattern.
+fn worst_o(got: &Tensor, want: &Tensor) -> String {
+    let (g, w) = (common::to_cpu_f32(got).to_vec_f32(), want.to_vec_f32());
+    let (hq, d) = (want.shape()[1], want.shape()[2]);
+    let (i, _) = g
+        .iter()
+        .zip(&w)
+        .map(|(a, b)| {
+            if a.is_finite() {
+                (a - b).abs()
+            } else {
+                f32::INFINITY
+            }
+        })
+        .enumerate()
+        .fold((0, -1.0f32), |m, (i, e)| if e > m.1 { (i, e) } else { m });
+    format!(
+        " worst o at (token {}, head {}, channel {}): {} vs {}",
+        i / (hq * d),
+        i / d % hq,
+        i % d,
+        g[i],
+        w[i]
+    )
+}
+
+/// Every kernel set to test on `dev`: `kernels`, plus the Hopper forwards (v5,
+/// v4) on compute capability 9.x.
+fn kernels_for(dev: Device, kernels: &[AttentionKernel]) -> Vec<AttentionKernel> {
+    let mut ks = kernels.to_vec();
+    let Device::Cuda(o) = dev else { return ks };
+    let hopper = llm2comp_tensor::cuda::device(o).is_ok_and(|d| d.is_hopper());
+    if hopper && kernels.contains(&AttentionKernel::Mma) {
+        ks.extend([AttentionKernel::Wgmma, AttentionKernel::WgmmaV4]);
+    }
+    ks
+}
+
 fn check(cases: &[Case], kernels: &[AttentionKernel]) {
     let Some(dev) = common::cuda() else { return };
+    let kernels = &kernels_for(dev, kernels)[..];
     let mut failed = Vec::new();
     for (i, c) in cases.iter().enumerate() {
         let cu = cu_of(c.lens);
