@@ -76,13 +76,9 @@ pub fn detect(path: &Path) -> Result<ModelFormat> {
 
 /// The safetensors weights of a Hugging Face directory.
 pub fn safetensors_in(dir: &Path) -> Result<SafetensorsFiles> {
-    let index = dir.join("model.safetensors.index.json");
-    if index.is_file() {
-        return SafetensorsFiles::open(&index);
-    }
-    let single = dir.join("model.safetensors");
-    if single.is_file() {
-        return SafetensorsFiles::open(&single);
+    if dir.join("model.safetensors.index.json").is_file() || dir.join("model.safetensors").is_file()
+    {
+        return SafetensorsFiles::open(dir);
     }
     Err(BackboneError::Invalid {
         path: dir.to_path_buf(),
