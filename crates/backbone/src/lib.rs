@@ -11,6 +11,7 @@
 
 pub mod adapter;
 mod config;
+mod config_sizes;
 mod dequant;
 pub mod embedder;
 mod error;

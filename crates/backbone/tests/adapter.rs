@@ -296,6 +296,29 @@ fn adapter_load_refuses_every_broken_directory_and_leaves_the_model_alone() {
             &[META_FILE, "memory_token_ids"],
         ),
         (
+            "k = 2^61",
+            Box::new(|d| {
+                edit_json(d.join(META_FILE), |v| {
+                    v["memory_tokens"] = (1u64 << 61).into()
+                })
+            }),
+            &[META_FILE, "memory_tokens 2305843009213693952", "32 bits"],
+        ),
+        (
+            "k = 1e12",
+            Box::new(|d| {
+                edit_json(d.join(META_FILE), |v| {
+                    v["memory_tokens"] = 1_000_000_000_000u64.into()
+                })
+            }),
+            &[META_FILE, "memory_tokens 1000000000000", "32 bits"],
+        ),
+        (
+            "V + k overflows",
+            Box::new(|d| edit_json(d.join(META_FILE), |v| v["vocab_size"] = u64::MAX.into())),
+            &[META_FILE, "vocab_size 18446744073709551615"],
+        ),
+        (
             "truncated weights",
             Box::new(|d| {
                 let p = d.join(PEFT_WEIGHTS_FILE);

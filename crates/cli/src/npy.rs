@@ -146,11 +146,17 @@ pub fn parse_npy_rows(b: &[u8]) -> Result<Vec<Vec<f32>>> {
     let [n, d] = dims[..] else {
         bail!("shape {shape_txt} is not 2-D [N, D]");
     };
+    if d == 0 {
+        bail!("shape {shape_txt} has rows of 0 values");
+    }
     let data = &b[start + hlen..];
-    if data.len() != n * d * width {
+    // The shape is the file's word: its product may overflow (checked, so
+    // it cannot wrap into a size that happens to match).
+    let need = n.checked_mul(d).and_then(|x| x.checked_mul(width));
+    if need != Some(data.len()) {
         bail!(
             "shape {shape_txt} needs {} data bytes, the file has {}",
-            n * d * width,
+            need.map_or("more than 2^64".to_string(), |x| x.to_string()),
             data.len()
         );
     }
@@ -205,6 +211,20 @@ mod tests {
         assert!(err(&swap("<f4", "<i4")).contains("dtype <i4"));
         assert!(err(&swap("False", "True ")).contains("Fortran"));
         assert!(err(b"hello world").contains("magic"));
+        // Shapes whose byte size overflows, or rows of nothing.
+        assert!(err(&swap("(1, 1)", "(1, 0)")).contains("rows of 0 values"));
+        let huge = |shape: &str| {
+            let mut b = b"\x93NUMPY\x01\x00".to_vec();
+            let h = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}\n");
+            b.extend_from_slice(&(h.len() as u16).to_le_bytes());
+            b.extend_from_slice(h.as_bytes());
+            b.extend_from_slice(&[0u8; 8]);
+            b
+        };
+        let e = err(&huge("(4611686018427387904, 4)"));
+        assert!(e.contains("more than 2^64"), "{e}");
+        let e = err(&huge("(1000000000000, 1000000000000)"));
+        assert!(e.contains("more than 2^64"), "{e}");
     }
 
     #[test]

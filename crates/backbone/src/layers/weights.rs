@@ -244,8 +244,17 @@ impl Transformer {
     pub fn from_safetensors(config: &ModelConfig, files: &SafetensorsFiles) -> Result<Self> {
         let origin = files
             .file_of("model.embed_tokens.weight")
+            .or_else(|| files.paths().first().copied())
             .map(Path::to_path_buf)
             .unwrap_or_default();
+        let stored = files
+            .names()
+            .iter()
+            .filter_map(|n| files.dtype_and_shape(n))
+            .fold(0usize, |a, (_, shape)| {
+                a.saturating_add(shape.iter().fold(1usize, |p, &d| p.saturating_mul(d)))
+            });
+        config.check_holds(files.names().len(), stored, &origin)?;
         assemble(config, &origin, &mut |s| {
             // One copy out of the mmap (a Tensor owns its Vec); f32 tensors
             // are used as read, never converted to themselves (a second copy).
@@ -268,6 +277,14 @@ impl Transformer {
     /// As [`Transformer::from_gguf`], with a config given (or adjusted) by the caller.
     pub fn from_gguf_with_config(config: &ModelConfig, gguf: &GgufFile) -> Result<Self> {
         let path: PathBuf = gguf.path().to_path_buf();
+        let stored = gguf.tensors.iter().fold(0usize, |a, t| {
+            a.saturating_add(
+                t.dims
+                    .iter()
+                    .fold(1usize, |p, &d| p.saturating_mul(d as usize)),
+            )
+        });
+        config.check_holds(gguf.tensors.len(), stored, &path)?;
         let unpermute = config.architecture == Architecture::Llama;
         assemble(config, &path.clone(), &mut |s| {
             let info = gguf
