@@ -647,6 +647,7 @@ fn open_required(path: &Path) -> Result<SafetensorsFiles> {
 /// Reads `name` [shape] from `files` as f32 (F32/BF16/F16 stored).
 fn read_f32(files: &SafetensorsFiles, path: &Path, name: &str, shape: &[usize]) -> Result<Tensor> {
     let t = files.tensor(name, shape)?;
+    crate::finite::check_finite(&t, name, path)?;
     Ok(if t.dtype() == DType::F32 {
         t
     } else {

@@ -16,6 +16,7 @@ mod dequant;
 pub mod embedder;
 mod error;
 pub mod export;
+mod finite;
 mod gguf;
 mod gguf_config;
 mod gguf_tokenizer;

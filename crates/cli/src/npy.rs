@@ -105,11 +105,29 @@ fn header_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     Some(rest[..end].trim())
 }
 
-/// Reads a 2-D float32 (or float64, converted) C-ordered .npy into rows.
+/// (row, column, value) of the first NaN or infinity in `rows`, if any.
+pub fn first_non_finite(rows: &[Vec<f32>]) -> Option<(usize, usize, f32)> {
+    rows.iter().enumerate().find_map(|(r, row)| {
+        let c = row.iter().position(|x| !x.is_finite())?;
+        Some((r, c, row[c]))
+    })
+}
+
+/// Reads a 2-D float32 (or float64, converted) C-ordered .npy into rows;
+/// a NaN or infinite value is refused naming its row (nothing computed from
+/// it would mean anything).
 pub fn read_npy_rows(path: &Path) -> Result<Vec<Vec<f32>>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    parse_npy_rows(&bytes)
-        .with_context(|| format!("{}: not a 2-D float .npy array", path.display()))
+    let rows = parse_npy_rows(&bytes)
+        .with_context(|| format!("{}: not a 2-D float .npy array", path.display()))?;
+    if let Some((r, c, x)) = first_non_finite(&rows) {
+        bail!(
+            "{}: row {r} (0-based) holds {x} at column {c}; non-finite embeddings cannot be \
+             scored",
+            path.display()
+        );
+    }
+    Ok(rows)
 }
 
 /// [`read_npy_rows`] on bytes.
@@ -225,6 +243,23 @@ mod tests {
         assert!(e.contains("more than 2^64"), "{e}");
         let e = err(&huge("(1000000000000, 1000000000000)"));
         assert!(e.contains("more than 2^64"), "{e}");
+    }
+
+    #[test]
+    fn non_finite_rows_are_refused_naming_the_file_and_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("stsb.npy");
+        std::fs::write(&p, npy_bytes(&[1.0, 2.0, 3.0, f32::NAN], &[2, 2])).unwrap();
+        let e = format!("{:#}", read_npy_rows(&p).unwrap_err());
+        assert!(
+            e.contains("stsb.npy") && e.contains("row 1 (0-based) holds NaN at column 1"),
+            "{e}"
+        );
+        assert_eq!(
+            first_non_finite(&[vec![0.0, f32::INFINITY]]),
+            Some((0, 1, f32::INFINITY))
+        );
+        assert_eq!(first_non_finite(&[vec![f32::MAX]]), None);
     }
 
     #[test]

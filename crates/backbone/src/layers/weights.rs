@@ -20,6 +20,7 @@ use super::linear::Linear;
 use super::mlp::Mlp;
 use super::rmsnorm::RmsNorm;
 use super::transformer::Transformer;
+use crate::finite::check_finite;
 use crate::{Architecture, BackboneError, GgufFile, ModelConfig, Result, SafetensorsFiles};
 
 /// One tensor the model needs.
@@ -259,6 +260,8 @@ impl Transformer {
             // One copy out of the mmap (a Tensor owns its Vec); f32 tensors
             // are used as read, never converted to themselves (a second copy).
             let t = files.tensor(&s.hf, &s.shape)?;
+            // Checked in the stored dtype, naming the shard that holds it.
+            check_finite(&t, &s.hf, files.file_of(&s.hf).unwrap_or(&origin))?;
             Ok(if t.dtype() == DType::F32 {
                 t
             } else {
@@ -305,6 +308,7 @@ impl Transformer {
                 });
             }
             let mut t = gguf.tensor_f32(&s.gguf)?;
+            check_finite(&t, &s.gguf, &path)?;
             if let (Some(heads), true) = (s.qk_heads, unpermute) {
                 let cols = if s.shape.len() == 2 { s.shape[1] } else { 1 };
                 let data = t
