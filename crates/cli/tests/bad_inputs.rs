@@ -1,8 +1,9 @@
 //! Malformed inputs through the binary end in a clear error (exit status
 //! non-zero, the file and the problem on stderr) and write nothing: weights
 //! holding NaN, a model whose activations overflow, non-finite embeddings
-//! handed to `eval --embeddings`. Built on the committed tiny model; each
-//! case is a fraction of a second.
+//! handed to `eval --embeddings`, `--epochs` values that are not a number
+//! of passes, and contrastive JSONL with an empty hard negative. Built on
+//! the committed tiny model; each case is a fraction of a second.
 
 mod support;
 
@@ -114,4 +115,116 @@ fn eval_refuses_non_finite_embeddings() {
         e.contains("stsb.npy: row 1 (0-based) holds NaN at column 0"),
         "{e}"
     );
+}
+
+#[test]
+fn epochs_that_are_not_a_number_of_passes_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    copy_model(&model);
+    let passages = fixture().join("passages.txt");
+    let run = |epochs: &str| {
+        let out = tmp.path().join("run");
+        let o = llm2comp(&[
+            "--threads",
+            "1",
+            "pretrain",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            passages.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--memory-tokens",
+            "2",
+            "--lora-r",
+            "4",
+            "--max-length",
+            "64",
+            "--quiet",
+            &format!("--epochs={epochs}"),
+        ]);
+        assert!(!o.status.success(), "--epochs {epochs} ran");
+        assert!(!out.join("metrics.jsonl").exists());
+        stderr(&o)
+    };
+    for bad in ["NaN", "-1", "0", "inf"] {
+        let e = run(bad);
+        assert!(
+            e.contains("--epochs") && e.contains("finite number > 0"),
+            "{bad}: {e}"
+        );
+    }
+    let e = run("1e30");
+    assert!(
+        e.contains("--epochs 1000000000000000000000000000000 is")
+            && e.contains("optimiser steps, more than 4294967296"),
+        "{e}"
+    );
+}
+
+#[test]
+fn contrastive_jsonl_errors_name_the_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    copy_model(&model);
+    let passages = fixture().join("passages.txt");
+    let stage1 = tmp.path().join("kl");
+    let o = llm2comp(&[
+        "--threads",
+        "1",
+        "pretrain",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        passages.to_str().unwrap(),
+        "--out",
+        stage1.to_str().unwrap(),
+        "--memory-tokens",
+        "2",
+        "--lora-r",
+        "4",
+        "--max-length",
+        "64",
+        "--steps",
+        "1",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let data = tmp.path().join("sup.jsonl");
+    let contrast = |body: &[u8]| {
+        std::fs::write(&data, body).unwrap();
+        let o = llm2comp(&[
+            "--threads",
+            "1",
+            "contrast",
+            "--model",
+            model.to_str().unwrap(),
+            "--adapter",
+            stage1.to_str().unwrap(),
+            "--mode",
+            "sup",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            tmp.path().join("scl").to_str().unwrap(),
+            "--quiet",
+        ]);
+        assert!(!o.status.success());
+        stderr(&o)
+    };
+    let good = b"{\"query\": \"the cat\", \"positive\": \"a cat\"}\n";
+    let e = contrast(
+        &[
+            &good[..],
+            b"{\"query\": \"q\", \"positive\": \"p\", \"negative\": [\"n\", \"\"]}\n",
+        ]
+        .concat(),
+    );
+    assert!(
+        e.contains("sup.jsonl:2: \"negative\"[1] is an empty string"),
+        "{e}"
+    );
+    let e = contrast(&[&good[..], &good[..], b"{\"query\": \"\xff\"}\n"].concat());
+    assert!(e.contains("sup.jsonl:3: not valid UTF-8"), "{e}");
 }
