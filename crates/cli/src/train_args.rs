@@ -169,8 +169,9 @@ impl TrainArgs {
         };
         if steps > MAX_STEPS {
             match self.epochs {
+                // `steps` may have saturated at u64::MAX: say "more than".
                 Some(e) if self.steps.is_none() => bail!(
-                    "--epochs {e} is {steps} optimiser steps, more than {MAX_STEPS}; use fewer \
+                    "--epochs {e} would run more than {MAX_STEPS} optimiser steps; use fewer \
                      epochs or --steps"
                 ),
                 _ => bail!("--steps {steps} is more than {MAX_STEPS}"),
