@@ -98,3 +98,27 @@ fn retrieval_without_usable_queries_or_documents_is_an_error() {
         "{e}"
     );
 }
+
+#[test]
+fn labelled_files_without_rows_are_an_error() {
+    let d = tempfile::tempdir().unwrap();
+    let one = "label\ttext\ncats\tcat one\n";
+    write(d.path(), "classification/banking77/train.tsv", one);
+    write(
+        d.path(),
+        "classification/banking77/test.tsv",
+        "label\ttext\n",
+    );
+    let e = load_err(d.path(), "banking77");
+    assert!(e.contains("test.tsv: no labelled rows"), "{e}");
+    let e = load_err(d.path(), "banking77-clustering");
+    assert!(e.contains("test.tsv: no labelled rows"), "{e}");
+    write(d.path(), "classification/banking77/test.tsv", one);
+    write(
+        d.path(),
+        "classification/banking77/train.tsv",
+        "label\ttext\n",
+    );
+    let e = load_err(d.path(), "banking77");
+    assert!(e.contains("train.tsv: no labelled rows"), "{e}");
+}
