@@ -283,20 +283,34 @@ impl AdapterMeta {
                 ),
             ));
         }
-        let k = self.memory_tokens;
-        let want: Vec<u32> = (self.vocab_size..self.vocab_size + k)
-            .map(|i| i as u32)
-            .collect();
-        if k == 0 || self.memory_token_ids != want {
+        let (k, v) = (self.memory_tokens, self.vocab_size);
+        // k and V come from the file: V + k must fit a token id (u32) before
+        // any range is built from them (k = 2^61 would otherwise allocate,
+        // and V + k wrap). The ids are compared one by one, never collected.
+        let end = v.checked_add(k).filter(|&e| e <= u32::MAX as usize + 1);
+        let Some(end) = end.filter(|_| k >= 1) else {
             return Err(invalid(
                 origin,
                 format!(
-                    "memory_token_ids must be the {k} ids after the base vocabulary of {} \
-                     ({}..{}), k >= 1; found {:?}",
-                    self.vocab_size,
-                    self.vocab_size,
-                    self.vocab_size + k,
-                    self.memory_token_ids
+                    "memory_tokens {k} with vocab_size {v}: need k >= 1 and V + k token ids \
+                     that fit in 32 bits"
+                ),
+            ));
+        };
+        let ids_ok = self.memory_token_ids.len() == k
+            && self
+                .memory_token_ids
+                .iter()
+                .zip(v..end)
+                .all(|(&id, want)| id as usize == want);
+        if !ids_ok {
+            let shown: Vec<u32> = self.memory_token_ids.iter().take(16).copied().collect();
+            return Err(invalid(
+                origin,
+                format!(
+                    "memory_token_ids must be the {k} ids after the base vocabulary of {v} \
+                     ({v}..{end}); found {} ids, starting {shown:?}",
+                    self.memory_token_ids.len()
                 ),
             ));
         }
@@ -633,6 +647,7 @@ fn open_required(path: &Path) -> Result<SafetensorsFiles> {
 /// Reads `name` [shape] from `files` as f32 (F32/BF16/F16 stored).
 fn read_f32(files: &SafetensorsFiles, path: &Path, name: &str, shape: &[usize]) -> Result<Tensor> {
     let t = files.tensor(name, shape)?;
+    crate::finite::check_finite(&t, name, path)?;
     Ok(if t.dtype() == DType::F32 {
         t
     } else {

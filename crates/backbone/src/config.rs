@@ -140,26 +140,11 @@ impl ModelConfig {
         }
     }
 
-    /// Parameters of the backbone (embedding, blocks, final norm, untied head).
+    /// Parameters of the backbone (embedding, blocks, final norm, untied
+    /// head). Saturates at `usize::MAX` for a hand-built config whose sizes
+    /// overflow; the file readers refuse those ([`ModelConfig::check_sizes`]).
     pub fn num_parameters(&self) -> usize {
-        let (h, i) = (self.hidden_size, self.intermediate_size);
-        let (q, kv) = (
-            self.num_heads * self.head_dim,
-            self.num_kv_heads * self.head_dim,
-        );
-        let b = self.attention_bias;
-        let attn = h * q
-            + 2 * h * kv
-            + q * h
-            + if b.qkv { q + 2 * kv } else { 0 }
-            + if b.o { h } else { 0 };
-        let block = attn + 3 * h * i + 2 * h;
-        let head = if self.tie_word_embeddings {
-            0
-        } else {
-            self.vocab_size * h
-        };
-        self.vocab_size * h + self.num_layers * block + h + head
+        self.checked_num_parameters().unwrap_or(usize::MAX)
     }
 }
 
@@ -533,7 +518,7 @@ fn validate(raw: Raw, path: &Path) -> Result<ModelConfig> {
             ));
         }
     }
-    Ok(ModelConfig {
+    let config = ModelConfig {
         architecture,
         hidden_size,
         intermediate_size: required(raw.intermediate_size, "intermediate_size", path)?,
@@ -555,5 +540,7 @@ fn validate(raw: Raw, path: &Path) -> Result<ModelConfig> {
         bos_token_id: bos.first().copied(),
         eos_token_ids,
         torch_dtype: raw.torch_dtype.or(raw.dtype),
-    })
+    };
+    config.check_sizes(path)?;
+    Ok(config)
 }

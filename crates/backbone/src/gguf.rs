@@ -7,7 +7,7 @@
 //! byte offset and what was being read. Tensors are exposed as raw bytes and,
 //! for the block formats `dequant.rs` handles, as f32 tensors.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -21,6 +21,26 @@ const DEFAULT_ALIGNMENT: u64 = 32;
 /// Sanity caps: a corrupt count must not make us allocate the world.
 const MAX_COUNT: u64 = 1 << 24;
 const MAX_DIMS: u32 = 4;
+/// The fewest bytes one tensor info can take (name length, one dimension,
+/// dimension count, type, offset) and one metadata entry (key length, type,
+/// a one-byte value): counts are checked against the bytes left with these
+/// before anything is allocated for them.
+const MIN_TENSOR_INFO_BYTES: u64 = 8 + 4 + 8 + 4 + 8;
+const MIN_METADATA_BYTES: u64 = 8 + 4 + 1;
+
+/// The fewest bytes one value of metadata type `ty` takes (a string is at
+/// least its 8-byte length); `None` for an unknown type.
+fn min_value_bytes(ty: u32) -> Option<u64> {
+    Some(match ty {
+        0 | 1 | 7 => 1,
+        2 | 3 => 2,
+        4..=6 => 4,
+        8 | 10..=12 => 8,
+        // An array inside an array is refused before its size matters.
+        9 => 4 + 8,
+        _ => return None,
+    })
+}
 
 /// A metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,6 +171,21 @@ impl<'a> Cursor<'a> {
         Ok(n)
     }
 
+    /// A count of items each at least `min_bytes` long, refused when the
+    /// rest of the file cannot hold that many (before anything is allocated).
+    fn count_fitting(&mut self, what: &str, min_bytes: u64) -> Result<u64> {
+        let n = self.count(what)?;
+        let left = (self.bytes.len() - self.pos) as u64;
+        if n.saturating_mul(min_bytes) > left {
+            return Err(self.err(format!(
+                "file ends while reading {what} {n} (at least {} bytes needed, {left} left); \
+                 truncated or corrupt?",
+                n.saturating_mul(min_bytes)
+            )));
+        }
+        Ok(n)
+    }
+
     fn string(&mut self, what: &str) -> Result<String> {
         let n = self.count(what)? as usize;
         let b = self.take(n, what)?;
@@ -178,8 +213,11 @@ impl<'a> Cursor<'a> {
                 if inner == 9 {
                     return Err(self.err(format!("`{key}`: nested arrays are not supported")));
                 }
-                let n = self.count(key)?;
-                let mut v = Vec::with_capacity(n.min(1 << 16) as usize);
+                let min = min_value_bytes(inner).ok_or_else(|| {
+                    self.err(format!("`{key}`: unknown array element type {inner}"))
+                })?;
+                let n = self.count_fitting(&format!("the array `{key}` of length"), min)?;
+                let mut v = Vec::with_capacity(n as usize);
                 for _ in 0..n {
                     v.push(self.value(inner, key)?);
                 }
@@ -285,16 +323,43 @@ fn parse(bytes: &[u8], path: &Path) -> Result<Parsed> {
     }
     let n_tensors = c.count("the tensor count")?;
     let n_kv = c.count("the metadata count")?;
+    // Both counts come before either list, so each is checked against the
+    // bytes left for the two lists together.
+    let min = n_tensors
+        .saturating_mul(MIN_TENSOR_INFO_BYTES)
+        .saturating_add(n_kv.saturating_mul(MIN_METADATA_BYTES));
+    if min > (bytes.len() - c.pos) as u64 {
+        return Err(c.err(format!(
+            "file ends while reading {n_tensors} tensor infos and {n_kv} metadata entries (at \
+             least {min} bytes needed, {} left); truncated or corrupt?",
+            bytes.len() - c.pos
+        )));
+    }
     let mut metadata = BTreeMap::new();
     for _ in 0..n_kv {
+        let key_at = c.pos;
         let key = c.string("a metadata key")?;
         let ty = c.u32("a metadata type")?;
         let value = c.value(ty, &key)?;
-        metadata.insert(key, value);
+        // A second value for a key would silently win over the first.
+        if metadata.insert(key.clone(), value).is_some() {
+            return Err(BackboneError::Invalid {
+                path: path.to_path_buf(),
+                msg: format!("at byte {key_at}: metadata key `{key}` appears twice"),
+            });
+        }
     }
     let mut tensors = Vec::with_capacity(n_tensors as usize);
+    let mut names = HashSet::with_capacity(n_tensors as usize);
     for _ in 0..n_tensors {
+        let name_at = c.pos;
         let name = c.string("a tensor name")?;
+        if !names.insert(name.clone()) {
+            return Err(BackboneError::Invalid {
+                path: path.to_path_buf(),
+                msg: format!("at byte {name_at}: tensor `{name}` appears twice"),
+            });
+        }
         let n_dims = c.u32("a tensor's dimension count")?;
         if n_dims == 0 || n_dims > MAX_DIMS {
             return Err(c.err(format!("tensor `{name}` has {n_dims} dimensions")));
@@ -319,13 +384,21 @@ fn parse(bytes: &[u8], path: &Path) -> Result<Parsed> {
                 dims[0]
             )));
         }
+        // `elems` is a multiple of `block` (checked above); the byte size
+        // can still overflow for absurd dimensions, which would wrap in a
+        // release build and pass the extent check below.
+        let size = (elems / block).checked_mul(block_bytes).ok_or_else(|| {
+            c.err(format!(
+                "tensor `{name}`: {elems} {type_name} elements overflow a byte size"
+            ))
+        })?;
         tensors.push(GgufTensorInfo {
             name,
             dims,
             ggml_type: ty,
             type_name,
             offset,
-            size: elems / block * block_bytes,
+            size,
         });
     }
     let alignment = match metadata.get("general.alignment") {
@@ -359,7 +432,33 @@ fn parse(bytes: &[u8], path: &Path) -> Result<Parsed> {
             });
         }
     }
+    check_no_overlap(&tensors, path)?;
     Ok((version, metadata, tensors, data_start))
+}
+
+/// Two tensors sharing bytes would alias each other's data: a writer bug
+/// or a crafted file, never something to load.
+fn check_no_overlap(tensors: &[GgufTensorInfo], path: &Path) -> Result<()> {
+    let mut by_offset: Vec<&GgufTensorInfo> = tensors.iter().filter(|t| t.size > 0).collect();
+    by_offset.sort_by_key(|t| t.offset);
+    for w in by_offset.windows(2) {
+        // Extents were checked against the file, so offset + size fits in u64.
+        if w[0].offset + w[0].size > w[1].offset {
+            return Err(BackboneError::Invalid {
+                path: path.to_path_buf(),
+                msg: format!(
+                    "tensors `{}` (bytes {}..{}) and `{}` (from byte {}) overlap in the data \
+                     section",
+                    w[0].name,
+                    w[0].offset,
+                    w[0].offset + w[0].size,
+                    w[1].name,
+                    w[1].offset
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Undoes llama.cpp's Q/K row permutation in place, so Hugging Face's
@@ -387,3 +486,7 @@ pub fn unpermute_qk_rows(w: &mut [f32], n_head: usize, head_dim: usize, cols: us
         }
     }
 }
+
+#[cfg(test)]
+#[path = "gguf_malformed_tests.rs"]
+mod malformed_tests;

@@ -124,7 +124,7 @@ impl ModelConfig {
                 .filter(|&v| (v as usize) < vocab_size),
             _ => None,
         };
-        Ok(ModelConfig {
+        let config = ModelConfig {
             architecture,
             hidden_size,
             intermediate_size: required("feed_forward_length")?,
@@ -149,6 +149,8 @@ impl ModelConfig {
             bos_token_id: token("tokenizer.ggml.bos_token_id"),
             eos_token_ids: token("tokenizer.ggml.eos_token_id").into_iter().collect(),
             torch_dtype: None,
-        })
+        };
+        config.check_sizes(path)?;
+        Ok(config)
     }
 }

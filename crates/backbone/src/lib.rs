@@ -11,10 +11,12 @@
 
 pub mod adapter;
 mod config;
+mod config_sizes;
 mod dequant;
 pub mod embedder;
 mod error;
 pub mod export;
+mod finite;
 mod gguf;
 mod gguf_config;
 mod gguf_tokenizer;

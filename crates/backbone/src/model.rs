@@ -76,13 +76,9 @@ pub fn detect(path: &Path) -> Result<ModelFormat> {
 
 /// The safetensors weights of a Hugging Face directory.
 pub fn safetensors_in(dir: &Path) -> Result<SafetensorsFiles> {
-    let index = dir.join("model.safetensors.index.json");
-    if index.is_file() {
-        return SafetensorsFiles::open(&index);
-    }
-    let single = dir.join("model.safetensors");
-    if single.is_file() {
-        return SafetensorsFiles::open(&single);
+    if dir.join("model.safetensors.index.json").is_file() || dir.join("model.safetensors").is_file()
+    {
+        return SafetensorsFiles::open(dir);
     }
     Err(BackboneError::Invalid {
         path: dir.to_path_buf(),
@@ -98,7 +94,10 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<ModelInfo> {
     let mut add = |dtype: String, shape: &[usize]| {
         let e = dtypes.entry(dtype).or_default();
         e.0 += 1;
-        e.1 += shape.iter().product::<usize>();
+        // Saturating: the totals are compared with the config below, and
+        // a sum past usize::MAX cannot be a real checkpoint either way.
+        e.1 =
+            e.1.saturating_add(shape.iter().fold(1usize, |p, &d| p.saturating_mul(d)));
     };
     let (config, file_bytes) = match format {
         ModelFormat::HuggingFace => {
@@ -124,7 +123,11 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<ModelInfo> {
             (config, std::fs::metadata(path).map_err(io(path))?.len())
         }
     };
-    let stored_parameters = dtypes.values().map(|&(_, n)| n).sum();
+    let stored_parameters = dtypes
+        .values()
+        .fold(0usize, |a, &(_, n)| a.saturating_add(n));
+    let tensor_count = dtypes.values().map(|&(n, _)| n).sum();
+    config.check_holds(tensor_count, stored_parameters, path)?;
     Ok(ModelInfo {
         path: path.to_path_buf(),
         format,

@@ -59,19 +59,22 @@ fn invalid(path: &Path, msg: impl Into<String>) -> BackboneError {
 }
 
 impl SafetensorsFiles {
-    /// Opens `path`: a `.safetensors` file, or a model directory holding
-    /// `model.safetensors` or `model.safetensors.index.json` with its shards.
+    /// Opens `path`: a `.safetensors` file, a shard index
+    /// (`*.safetensors.index.json`) with its shards, or a model directory
+    /// holding `model.safetensors` or `model.safetensors.index.json`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let files = if path.is_dir() {
-            let index = path.join("model.safetensors.index.json");
-            if index.is_file() {
-                shard_list(&index)?
-            } else {
-                vec![path.join("model.safetensors")]
-            }
+        let index = if path.is_dir() {
+            Some(path.join("model.safetensors.index.json")).filter(|i| i.is_file())
         } else {
-            vec![path.to_path_buf()]
+            // An index handed over directly must not be mapped as a shard:
+            // its JSON would be read as a length prefix ("header too large").
+            Some(path.to_path_buf()).filter(|p| p.to_string_lossy().ends_with(".index.json"))
+        };
+        let (files, weight_map) = match &index {
+            Some(index) => shard_list(index)?,
+            None if path.is_dir() => (vec![path.join("model.safetensors")], Vec::new()),
+            None => (vec![path.to_path_buf()], Vec::new()),
         };
         let mut shards = Vec::with_capacity(files.len());
         let mut owner = HashMap::new();
@@ -88,6 +91,9 @@ impl SafetensorsFiles {
                 owner.insert(name.clone(), shards.len());
             }
             shards.push(shard);
+        }
+        if let Some(index) = &index {
+            check_weight_map(index, &weight_map, &shards, &owner)?;
         }
         Ok(Self { shards, owner })
     }
@@ -166,8 +172,48 @@ impl SafetensorsFiles {
     }
 }
 
-/// The shard files named by an index's `weight_map`, in first-seen order.
-fn shard_list(index: &Path) -> Result<Vec<PathBuf>> {
+/// Every tensor the index lists must be in the shard it names: a stale
+/// index (shards re-split without rewriting it) would otherwise load
+/// whatever the shards happen to hold.
+fn check_weight_map(
+    index: &Path,
+    weight_map: &[(String, PathBuf)],
+    shards: &[Shard],
+    owner: &HashMap<String, usize>,
+) -> Result<()> {
+    for (tensor, file) in weight_map {
+        match owner.get(tensor) {
+            Some(&i) if shards[i].path == *file => {}
+            Some(&i) => {
+                return Err(invalid(
+                    index,
+                    format!(
+                        "weight_map puts tensor `{tensor}` in {}, but it is in {}",
+                        file.display(),
+                        shards[i].path.display()
+                    ),
+                ));
+            }
+            None => {
+                return Err(invalid(
+                    index,
+                    format!(
+                        "weight_map lists tensor `{tensor}` in {}, which does not hold it",
+                        file.display()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Tensor name → shard file pairs of an index.
+type WeightMap = Vec<(String, PathBuf)>;
+
+/// The shard files named by an index's `weight_map`, in first-seen order,
+/// and the map itself.
+fn shard_list(index: &Path) -> Result<(Vec<PathBuf>, WeightMap)> {
     let text = std::fs::read_to_string(index).map_err(io(index))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| invalid(index, e.to_string()))?;
@@ -177,6 +223,7 @@ fn shard_list(index: &Path) -> Result<Vec<PathBuf>> {
         .ok_or_else(|| invalid(index, "no `weight_map` object"))?;
     let dir = index.parent().unwrap_or(Path::new("."));
     let mut files: Vec<PathBuf> = Vec::new();
+    let mut pairs = Vec::with_capacity(map.len());
     for (tensor, file) in map {
         let file = file.as_str().ok_or_else(|| {
             invalid(
@@ -192,13 +239,14 @@ fn shard_list(index: &Path) -> Result<Vec<PathBuf>> {
         }
         let p = dir.join(file);
         if !files.contains(&p) {
-            files.push(p);
+            files.push(p.clone());
         }
+        pairs.push((tensor.clone(), p));
     }
     if files.is_empty() {
         return Err(invalid(index, "`weight_map` is empty"));
     }
-    Ok(files)
+    Ok((files, pairs))
 }
 
 fn map_shard(path: &Path) -> Result<Shard> {

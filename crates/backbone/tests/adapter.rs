@@ -233,6 +233,15 @@ fn edit_json(path: PathBuf, edit: impl FnOnce(&mut Value)) {
     std::fs::write(&path, v.to_string()).unwrap();
 }
 
+/// Overwrites the last element of an f32 safetensors file (its data section
+/// ends with the last tensor's last value).
+fn set_last_f32(path: &Path, x: f32) {
+    let mut b = std::fs::read(path).unwrap();
+    let n = b.len();
+    b[n - 4..].copy_from_slice(&x.to_le_bytes());
+    std::fs::write(path, b).unwrap();
+}
+
 type Break = Box<dyn Fn(&Path)>;
 
 #[test]
@@ -294,6 +303,39 @@ fn adapter_load_refuses_every_broken_directory_and_leaves_the_model_alone() {
                 })
             }),
             &[META_FILE, "memory_token_ids"],
+        ),
+        (
+            "k = 2^61",
+            Box::new(|d| {
+                edit_json(d.join(META_FILE), |v| {
+                    v["memory_tokens"] = (1u64 << 61).into()
+                })
+            }),
+            &[META_FILE, "memory_tokens 2305843009213693952", "32 bits"],
+        ),
+        (
+            "k = 1e12",
+            Box::new(|d| {
+                edit_json(d.join(META_FILE), |v| {
+                    v["memory_tokens"] = 1_000_000_000_000u64.into()
+                })
+            }),
+            &[META_FILE, "memory_tokens 1000000000000", "32 bits"],
+        ),
+        (
+            "V + k overflows",
+            Box::new(|d| edit_json(d.join(META_FILE), |v| v["vocab_size"] = u64::MAX.into())),
+            &[META_FILE, "vocab_size 18446744073709551615"],
+        ),
+        (
+            "NaN in the memory rows",
+            Box::new(|d| set_last_f32(&d.join(MEMORY_FILE), f32::NAN)),
+            &[MEMORY_FILE, "tensor `memory_tokens` holds NaN at element"],
+        ),
+        (
+            "an infinity in the LoRA weights",
+            Box::new(|d| set_last_f32(&d.join(PEFT_WEIGHTS_FILE), f32::INFINITY)),
+            &[PEFT_WEIGHTS_FILE, "lora_", "holds inf at element"],
         ),
         (
             "truncated weights",

@@ -136,6 +136,24 @@ fn shards_open_through_the_index() {
     assert_eq!(st.names(), vec!["x", "y"]);
     assert_eq!(st.file_of("y"), Some(d.join("b.safetensors").as_path()));
     assert_eq!(st.tensor("y", &[1]).unwrap().to_vec_f32(), vec![3.0]);
+    // The index file itself opens the same shards (it is not a shard).
+    let by_index = SafetensorsFiles::open(d.join("model.safetensors.index.json")).unwrap();
+    assert_eq!(by_index.names(), vec!["x", "y"]);
+
+    // A stale index: a tensor in another shard than it says, or in none.
+    let stale = r#"{"weight_map": {"x": "b.safetensors", "y": "a.safetensors"}}"#;
+    std::fs::write(d.join("model.safetensors.index.json"), stale).unwrap();
+    let e = SafetensorsFiles::open(d).unwrap_err().to_string();
+    assert!(
+        e.contains("puts tensor `x`") && e.contains("but it is in"),
+        "{e}"
+    );
+    let stale =
+        r#"{"weight_map": {"x": "a.safetensors", "y": "b.safetensors", "z": "b.safetensors"}}"#;
+    std::fs::write(d.join("model.safetensors.index.json"), stale).unwrap();
+    let e = SafetensorsFiles::open(d).unwrap_err().to_string();
+    assert!(e.contains("`z`") && e.contains("does not hold it"), "{e}");
+    std::fs::write(d.join("model.safetensors.index.json"), index).unwrap();
 
     // The same tensor in two shards is ambiguous.
     write(

@@ -294,7 +294,13 @@ fn byte_level_gguf<'a>(
         ("tokenizer.ggml.merges", Meta::Strs(vec![])),
         ("tokenizer.ggml.eos_token_id", Meta::U32(256)),
     ];
-    kvs.extend(extra);
+    // An extra key replaces the default: a GGUF with a key twice is refused.
+    for (k, v) in extra {
+        match kvs.iter_mut().find(|kv| kv.0 == k) {
+            Some(kv) => kv.1 = v,
+            None => kvs.push((k, v)),
+        }
+    }
     kvs
 }
 

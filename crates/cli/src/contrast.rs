@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use llm2comp_compress::Exporter;
-use llm2comp_contrast::data::{parse_triples, tokenize_triples};
+use llm2comp_contrast::data::{parse_triples_bytes, tokenize_triples};
 use llm2comp_contrast::{ContrastConfig, ContrastData, ContrastTask, Encoder, chain_stage};
 use llm2comp_train::TrainError;
 use serde_json::json;
@@ -149,9 +149,9 @@ pub fn run(args: &Args, threads: usize) -> Result<()> {
             (ContrastData::Unsupervised(ids), truncated)
         }
         Mode::Sup => {
-            let text = std::fs::read_to_string(&args.data)
-                .with_context(|| format!("reading {}", args.data))?;
-            let raw = parse_triples(&text, &args.data, args.instruction.as_deref())?;
+            let bytes =
+                std::fs::read(&args.data).with_context(|| format!("reading {}", args.data))?;
+            let raw = parse_triples_bytes(&bytes, &args.data, args.instruction.as_deref())?;
             let mut truncated = 0;
             let mut encode = |s: &str| {
                 let ids = tokenizer
@@ -160,7 +160,7 @@ pub fn run(args: &Args, threads: usize) -> Result<()> {
                 truncated += usize::from(ids.len() > text_max);
                 Ok(ids)
             };
-            let triples = tokenize_triples(&raw, text_max, &mut encode)?;
+            let triples = tokenize_triples(&raw, &args.data, text_max, &mut encode)?;
             (ContrastData::Supervised(triples), truncated)
         }
     };
@@ -189,7 +189,7 @@ pub fn run(args: &Args, threads: usize) -> Result<()> {
     let enc = Encoder::new(transformer, bos, cfg)?;
     let n = data.len();
     let per_step = (args.batch_size * t.grad_accum) as f64;
-    let steps = t.steps(|e| ((n as f64 * e) / per_step).ceil().max(1.0) as u64);
+    let steps = t.steps(|e| ((n as f64 * e) / per_step).ceil().max(1.0) as u64)?;
     let (stage, objective) = match args.mode {
         Mode::Unsup => ("ucl", "simcse"),
         Mode::Sup => ("scl", "supervised"),

@@ -6,10 +6,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 
 use crate::encoder::{ModelArgs, ModelEncoder};
-use crate::npy::{output_format, write_embeddings};
+use crate::npy::{first_non_finite, output_format, write_embeddings};
 use crate::texts::{self, InputFormat};
 
 /// Arguments of `llm2comp embed`.
@@ -43,6 +43,15 @@ pub fn run(args: &Args) -> Result<()> {
     let input = texts::read(&args.input, args.format, &args.text_field, args.skip_empty)?;
     let locate = |i: usize| format!("{}: line {}", args.input, input.lines[i]);
     let out = encoder.embed(&input.texts, &locate, "passages")?;
+    // A NaN in a written file surfaces much later, in whatever reads it.
+    if let Some((i, col, x)) = first_non_finite(&out.rows) {
+        bail!(
+            "{}: the embedding holds {x} at dimension {col} (activations overflowed?); nothing \
+             was written to {}",
+            locate(i),
+            args.output.display()
+        );
+    }
     write_embeddings(&args.output, &out.rows)?;
 
     let dim = out.rows.first().map_or(0, Vec::len);

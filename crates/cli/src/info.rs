@@ -33,11 +33,16 @@ pub fn run(args: &Args) -> Result<()> {
     let tok = model::load_tokenizer(&args.model)
         .with_context(|| format!("reading the tokenizer of {}", args.model.display()))?;
     let c = &info.config;
-    let params = c.num_parameters();
+    // `inspect` refused configs whose sizes overflow, so these are exact;
+    // checked all the same, as the counts come from the file.
+    let overflow = || anyhow::anyhow!("{}: model sizes overflow", args.model.display());
+    let params = c.checked_num_parameters().ok_or_else(overflow)?;
     // Inference keeps weights in f32 on the CPU; training adds the LoRA and
     // optimizer state (small) and activations (per token, below).
     let f32_weights = params as f64 * 4.0;
-    let per_token = (c.num_layers * (4 * c.hidden_size + 3 * c.intermediate_size)) as f64 * 4.0;
+    let per_token = c
+        .checked_activation_bytes_per_token()
+        .ok_or_else(overflow)? as f64;
     let special = |id: Option<u32>| match id {
         Some(i) => format!("{i} {:?}", tok.id_to_token(i).unwrap_or_default()),
         None => "none".into(),

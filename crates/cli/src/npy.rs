@@ -105,11 +105,29 @@ fn header_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     Some(rest[..end].trim())
 }
 
-/// Reads a 2-D float32 (or float64, converted) C-ordered .npy into rows.
+/// (row, column, value) of the first NaN or infinity in `rows`, if any.
+pub fn first_non_finite(rows: &[Vec<f32>]) -> Option<(usize, usize, f32)> {
+    rows.iter().enumerate().find_map(|(r, row)| {
+        let c = row.iter().position(|x| !x.is_finite())?;
+        Some((r, c, row[c]))
+    })
+}
+
+/// Reads a 2-D float32 (or float64, converted) C-ordered .npy into rows;
+/// a NaN or infinite value is refused naming its row (nothing computed from
+/// it would mean anything).
 pub fn read_npy_rows(path: &Path) -> Result<Vec<Vec<f32>>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    parse_npy_rows(&bytes)
-        .with_context(|| format!("{}: not a 2-D float .npy array", path.display()))
+    let rows = parse_npy_rows(&bytes)
+        .with_context(|| format!("{}: not a 2-D float .npy array", path.display()))?;
+    if let Some((r, c, x)) = first_non_finite(&rows) {
+        bail!(
+            "{}: row {r} (0-based) holds {x} at column {c}; non-finite embeddings cannot be \
+             scored",
+            path.display()
+        );
+    }
+    Ok(rows)
 }
 
 /// [`read_npy_rows`] on bytes.
@@ -146,11 +164,17 @@ pub fn parse_npy_rows(b: &[u8]) -> Result<Vec<Vec<f32>>> {
     let [n, d] = dims[..] else {
         bail!("shape {shape_txt} is not 2-D [N, D]");
     };
+    if d == 0 {
+        bail!("shape {shape_txt} has rows of 0 values");
+    }
     let data = &b[start + hlen..];
-    if data.len() != n * d * width {
+    // The shape is the file's word: its product may overflow (checked, so
+    // it cannot wrap into a size that happens to match).
+    let need = n.checked_mul(d).and_then(|x| x.checked_mul(width));
+    if need != Some(data.len()) {
         bail!(
             "shape {shape_txt} needs {} data bytes, the file has {}",
-            n * d * width,
+            need.map_or("more than 2^64".to_string(), |x| x.to_string()),
             data.len()
         );
     }
@@ -205,6 +229,37 @@ mod tests {
         assert!(err(&swap("<f4", "<i4")).contains("dtype <i4"));
         assert!(err(&swap("False", "True ")).contains("Fortran"));
         assert!(err(b"hello world").contains("magic"));
+        // Shapes whose byte size overflows, or rows of nothing.
+        assert!(err(&swap("(1, 1)", "(1, 0)")).contains("rows of 0 values"));
+        let huge = |shape: &str| {
+            let mut b = b"\x93NUMPY\x01\x00".to_vec();
+            let h = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}\n");
+            b.extend_from_slice(&(h.len() as u16).to_le_bytes());
+            b.extend_from_slice(h.as_bytes());
+            b.extend_from_slice(&[0u8; 8]);
+            b
+        };
+        let e = err(&huge("(4611686018427387904, 4)"));
+        assert!(e.contains("more than 2^64"), "{e}");
+        let e = err(&huge("(1000000000000, 1000000000000)"));
+        assert!(e.contains("more than 2^64"), "{e}");
+    }
+
+    #[test]
+    fn non_finite_rows_are_refused_naming_the_file_and_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("stsb.npy");
+        std::fs::write(&p, npy_bytes(&[1.0, 2.0, 3.0, f32::NAN], &[2, 2])).unwrap();
+        let e = format!("{:#}", read_npy_rows(&p).unwrap_err());
+        assert!(
+            e.contains("stsb.npy") && e.contains("row 1 (0-based) holds NaN at column 1"),
+            "{e}"
+        );
+        assert_eq!(
+            first_non_finite(&[vec![0.0, f32::INFINITY]]),
+            Some((0, 1, f32::INFINITY))
+        );
+        assert_eq!(first_non_finite(&[vec![f32::MAX]]), None);
     }
 
     #[test]

@@ -183,7 +183,7 @@ pub fn run(args: &Args, threads: usize) -> Result<()> {
         .with_info("base_model", json!(model_name))
         .with_info("max_length", json!(args.max_length))
         .with_info("data", json!(args.data));
-    let steps = t.steps(|e| task.steps_for_epochs(e));
+    let steps = t.steps(|e| task.steps_for_epochs(e))?;
     let mut task = task.with_exporter(exporter);
     if let Some(p) = &args.dump_batches {
         task = task.with_batch_log(p)?;

@@ -40,7 +40,7 @@ pub struct TrainArgs {
     #[arg(long, conflicts_with = "epochs")]
     pub steps: Option<u64>,
     /// Passes over the data (default 1).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_epochs)]
     pub epochs: Option<f64>,
     /// Micro-batches per optimiser step.
     #[arg(long, default_value_t = 1)]
@@ -90,6 +90,19 @@ pub struct TrainArgs {
     /// No progress output.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// Most optimiser steps a run may have: `--epochs 1e30` used to saturate
+/// to 2^64 steps, a run that never ends; 2^32 is far past any real one.
+const MAX_STEPS: u64 = 1 << 32;
+
+/// `--epochs`: a finite number > 0 (clap takes "NaN" and "inf" as floats).
+fn parse_epochs(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(e) if e.is_finite() && e > 0.0 => Ok(e),
+        Ok(e) => Err(format!("{e} passes: give a finite number > 0")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// The base model a training stage starts from: its tokenizer, its weights
@@ -147,12 +160,24 @@ impl TrainArgs {
         Ok(Device::parse(&self.device)?)
     }
 
-    /// Steps of the run: --steps, or --epochs (default 1) of `steps_per_epoch(e)`.
-    pub fn steps(&self, steps_for_epochs: impl FnOnce(f64) -> u64) -> u64 {
-        match (self.steps, self.epochs) {
+    /// Steps of the run: --steps, or --epochs (default 1) of
+    /// `steps_for_epochs(e)` (which may saturate: refused here).
+    pub fn steps(&self, steps_for_epochs: impl FnOnce(f64) -> u64) -> Result<u64> {
+        let steps = match (self.steps, self.epochs) {
             (Some(s), _) => s,
             (None, e) => steps_for_epochs(e.unwrap_or(1.0)),
+        };
+        if steps > MAX_STEPS {
+            match self.epochs {
+                // `steps` may have saturated at u64::MAX: say "more than".
+                Some(e) if self.steps.is_none() => bail!(
+                    "--epochs {e} would run more than {MAX_STEPS} optimiser steps; use fewer \
+                     epochs or --steps"
+                ),
+                _ => bail!("--steps {steps} is more than {MAX_STEPS}"),
+            }
         }
+        Ok(steps)
     }
 
     /// The peak learning rate, this stage's default unless given.

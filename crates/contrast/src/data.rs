@@ -18,6 +18,8 @@ pub struct RawTriple {
     pub positive: String,
     /// Hard negatives (possibly none).
     pub negatives: Vec<String>,
+    /// The 1-based line of the file it came from (for later errors).
+    pub line: usize,
 }
 
 /// One supervised example as token ids (no BOS, no memory tokens).
@@ -71,7 +73,29 @@ pub fn with_instruction(instruction: Option<&str>, query: &str) -> String {
     }
 }
 
-/// Parses JSONL `text` (from `source`, for messages) into triples.
+/// [`parse_triples`] on the file's bytes: invalid UTF-8 is an error naming
+/// its line rather than the whole file.
+pub fn parse_triples_bytes(
+    bytes: &[u8],
+    source: &str,
+    instruction: Option<&str>,
+) -> Result<Vec<RawTriple>> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let line = 1 + bytes[..e.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
+        ContrastError::Data {
+            source_name: format!("{source}:{line}"),
+            message: "not valid UTF-8".into(),
+        }
+    })?;
+    parse_triples(text, source, instruction)
+}
+
+/// Parses JSONL `text` (from `source`, for messages) into triples. Every
+/// text must hold more than whitespace: an empty query, positive or hard
+/// negative would train on a sequence of BOS and memory tokens alone.
 pub fn parse_triples(
     text: &str,
     source: &str,
@@ -90,7 +114,7 @@ pub fn parse_triples(
         let v: Value = serde_json::from_str(l).map_err(|e| err(line, format!("not JSON: {e}")))?;
         let field = |name: &str| -> Result<String> {
             match &v[name] {
-                Value::String(s) if !s.is_empty() => Ok(s.clone()),
+                Value::String(s) if !s.trim().is_empty() => Ok(s.clone()),
                 Value::Null => Err(err(line, format!("missing \"{name}\""))),
                 other => Err(err(
                     line,
@@ -98,18 +122,23 @@ pub fn parse_triples(
                 )),
             }
         };
+        if !v.is_object() {
+            return Err(err(line, format!("expected a JSON object, got {v}")));
+        }
+        let negative = |n: &Value, what: &str| match n {
+            Value::String(s) if !s.trim().is_empty() => Ok(s.clone()),
+            Value::String(_) => Err(err(line, format!("{what} is an empty string"))),
+            other => Err(err(line, format!("{what} must be a string, got {other}"))),
+        };
+        // An absent negative or an empty list means none; an empty string
+        // is a hole in the data and is refused.
         let negatives = match &v["negative"] {
             Value::Null => Vec::new(),
-            Value::String(s) => vec![s.clone()],
+            s @ Value::String(_) => vec![negative(s, "\"negative\"")?],
             Value::Array(a) => a
                 .iter()
-                .map(|n| match n {
-                    Value::String(s) => Ok(s.clone()),
-                    other => Err(err(
-                        line,
-                        format!("\"negative\" entries must be strings, got {other}"),
-                    )),
-                })
+                .enumerate()
+                .map(|(j, n)| negative(n, &format!("\"negative\"[{j}]")))
                 .collect::<Result<_>>()?,
             other => {
                 return Err(err(
@@ -122,6 +151,7 @@ pub fn parse_triples(
             query: with_instruction(instruction, &field("query")?),
             positive: field("positive")?,
             negatives,
+            line,
         });
     }
     if out.is_empty() {
@@ -133,23 +163,36 @@ pub fn parse_triples(
     Ok(out)
 }
 
-/// Tokenises triples with `encode`, truncating each text to `max_tokens`.
+/// Tokenises triples with `encode`, truncating each text to `max_tokens`;
+/// `source` names the file in errors, which give the example's line.
 pub fn tokenize_triples(
     raw: &[RawTriple],
+    source: &str,
     max_tokens: usize,
     encode: &mut dyn FnMut(&str) -> Result<Vec<u32>>,
 ) -> Result<Vec<Triple>> {
-    let mut enc = |s: &str| -> Result<Vec<u32>> {
-        let mut ids = encode(s)?;
-        ids.truncate(max_tokens);
-        Ok(ids)
-    };
     raw.iter()
         .map(|r| {
+            let mut enc = |s: &str, what: &str| -> Result<Vec<u32>> {
+                let at = |message: String| ContrastError::Data {
+                    source_name: format!("{source}:{}", r.line),
+                    message,
+                };
+                let mut ids = encode(s).map_err(|e| at(format!("{what}: {e}")))?;
+                if ids.is_empty() {
+                    return Err(at(format!("{what} {s:?} has no tokens")));
+                }
+                ids.truncate(max_tokens);
+                Ok(ids)
+            };
             Ok(Triple {
-                query: enc(&r.query)?,
-                positive: enc(&r.positive)?,
-                negatives: r.negatives.iter().map(|n| enc(n)).collect::<Result<_>>()?,
+                query: enc(&r.query, "the query")?,
+                positive: enc(&r.positive, "the positive")?,
+                negatives: r
+                    .negatives
+                    .iter()
+                    .map(|n| enc(n, "a negative"))
+                    .collect::<Result<_>>()?,
             })
         })
         .collect()
@@ -201,10 +244,66 @@ mod tests {
             query: "abc".into(),
             positive: "de".into(),
             negatives: vec!["f".into()],
+            line: 7,
         }];
         let mut enc = |s: &str| Ok(s.bytes().map(u32::from).collect());
-        let t = tokenize_triples(&raw, 2, &mut enc).unwrap();
+        let t = tokenize_triples(&raw, "d.jsonl", 2, &mut enc).unwrap();
         assert_eq!(t[0].query, [97, 98]);
         assert_eq!(t[0].negatives, [vec![102]]);
+        // A text that tokenises to nothing, or a tokenizer error, names the line.
+        let mut none = |s: &str| Ok(if s == "f" { vec![] } else { vec![1] });
+        let e = tokenize_triples(&raw, "d.jsonl", 2, &mut none)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("d.jsonl:7") && e.contains("a negative \"f\" has no tokens"),
+            "{e}"
+        );
+        let mut fail = |_: &str| Err(ContrastError::Config("boom".into()));
+        let e = tokenize_triples(&raw, "d.jsonl", 2, &mut fail)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("d.jsonl:7") && e.contains("the query: boom"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn empty_negatives_bad_utf8_and_non_objects_are_refused_by_line() {
+        let ok = "{\"query\":\"q\",\"positive\":\"p\"}\n";
+        for (bad, needle) in [
+            (
+                r#"{"query":"q","positive":"p","negative":""}"#,
+                "\"negative\" is an empty string",
+            ),
+            (
+                r#"{"query":"q","positive":"p","negative":["n", " "]}"#,
+                "\"negative\"[1] is an empty string",
+            ),
+            (
+                r#"{"query":"q","positive":"p","negative":[3]}"#,
+                "\"negative\"[0] must be a string",
+            ),
+            (
+                r#"{"query":"  ","positive":"p"}"#,
+                "\"query\" must be a non-empty string",
+            ),
+            (r#"["q","p"]"#, "expected a JSON object"),
+        ] {
+            let e = parse_triples(&format!("{ok}{bad}\n"), "d.jsonl", None)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("d.jsonl:2") && e.contains(needle), "{bad}: {e}");
+        }
+        // An empty list is "no negatives", as an absent field.
+        let t = parse_triples(r#"{"query":"q","positive":"p","negative":[]}"#, "d", None).unwrap();
+        assert!(t[0].negatives.is_empty());
+        let mut bytes = ok.repeat(2).into_bytes();
+        bytes.extend_from_slice(b"{\"query\":\"\xff\"}\n");
+        let e = parse_triples_bytes(&bytes, "d.jsonl", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("d.jsonl:3") && e.contains("UTF-8"), "{e}");
     }
 }

@@ -35,6 +35,27 @@ pub enum EvalError {
         /// What was found.
         found: String,
     },
+    /// An embedding row holds NaN or an infinity: every score computed from
+    /// it would be meaningless, so none is.
+    #[error("{what}: row {row} (0-based) holds {value} at column {column}")]
+    NonFinite {
+        /// The embeddings (task, file).
+        what: String,
+        /// The row.
+        row: usize,
+        /// The first non-finite column.
+        column: usize,
+        /// The value (NaN, inf or -inf).
+        value: f32,
+    },
+    /// A data set leaves nothing to score (no usable query, an empty corpus).
+    #[error("{path}: {msg}")]
+    Empty {
+        /// The file or directory.
+        path: PathBuf,
+        /// What is missing.
+        msg: String,
+    },
     /// An unknown task name.
     #[error("unknown task {0:?}; known: {1}")]
     UnknownTask(String, String),

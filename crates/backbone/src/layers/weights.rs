@@ -20,6 +20,7 @@ use super::linear::Linear;
 use super::mlp::Mlp;
 use super::rmsnorm::RmsNorm;
 use super::transformer::Transformer;
+use crate::finite::check_finite;
 use crate::{Architecture, BackboneError, GgufFile, ModelConfig, Result, SafetensorsFiles};
 
 /// One tensor the model needs.
@@ -244,12 +245,23 @@ impl Transformer {
     pub fn from_safetensors(config: &ModelConfig, files: &SafetensorsFiles) -> Result<Self> {
         let origin = files
             .file_of("model.embed_tokens.weight")
+            .or_else(|| files.paths().first().copied())
             .map(Path::to_path_buf)
             .unwrap_or_default();
+        let stored = files
+            .names()
+            .iter()
+            .filter_map(|n| files.dtype_and_shape(n))
+            .fold(0usize, |a, (_, shape)| {
+                a.saturating_add(shape.iter().fold(1usize, |p, &d| p.saturating_mul(d)))
+            });
+        config.check_holds(files.names().len(), stored, &origin)?;
         assemble(config, &origin, &mut |s| {
             // One copy out of the mmap (a Tensor owns its Vec); f32 tensors
             // are used as read, never converted to themselves (a second copy).
             let t = files.tensor(&s.hf, &s.shape)?;
+            // Checked in the stored dtype, naming the shard that holds it.
+            check_finite(&t, &s.hf, files.file_of(&s.hf).unwrap_or(&origin))?;
             Ok(if t.dtype() == DType::F32 {
                 t
             } else {
@@ -268,6 +280,14 @@ impl Transformer {
     /// As [`Transformer::from_gguf`], with a config given (or adjusted) by the caller.
     pub fn from_gguf_with_config(config: &ModelConfig, gguf: &GgufFile) -> Result<Self> {
         let path: PathBuf = gguf.path().to_path_buf();
+        let stored = gguf.tensors.iter().fold(0usize, |a, t| {
+            a.saturating_add(
+                t.dims
+                    .iter()
+                    .fold(1usize, |p, &d| p.saturating_mul(d as usize)),
+            )
+        });
+        config.check_holds(gguf.tensors.len(), stored, &path)?;
         let unpermute = config.architecture == Architecture::Llama;
         assemble(config, &path.clone(), &mut |s| {
             let info = gguf
@@ -288,6 +308,7 @@ impl Transformer {
                 });
             }
             let mut t = gguf.tensor_f32(&s.gguf)?;
+            check_finite(&t, &s.gguf, &path)?;
             if let (Some(heads), true) = (s.qk_heads, unpermute) {
                 let cols = if s.shape.len() == 2 { s.shape[1] } else { 1 };
                 let data = t

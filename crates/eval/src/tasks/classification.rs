@@ -15,10 +15,10 @@ use super::text_list::TextList;
 use super::tsv::read_tsv;
 use super::{Score, subsample};
 
-use crate::Result;
 use crate::metrics::f1::{accuracy, macro_f1};
 use crate::metrics::kmeans::SplitMix64;
 use crate::metrics::logreg::{LogRegOptions, LogisticRegression};
+use crate::{EvalError, Result};
 
 /// Experiments averaged.
 pub const EXPERIMENTS: usize = 10;
@@ -40,7 +40,16 @@ pub struct Classification {
 
 /// Reads `label text` rows into (text, label) pairs.
 pub(super) fn read_labelled(path: &Path, limit: Option<usize>) -> Result<Vec<(String, String)>> {
-    Ok(subsample(read_tsv(path, &["label", "text"])?, limit)
+    let rows = read_tsv(path, &["label", "text"])?;
+    // No rows would leave nothing to train on or to score (an empty test
+    // set averaged to 0, a score no model earned).
+    if rows.is_empty() {
+        return Err(EvalError::Empty {
+            path: path.to_path_buf(),
+            msg: "no labelled rows".into(),
+        });
+    }
+    Ok(subsample(rows, limit)
         .into_iter()
         .map(|(_, mut f)| {
             let text = f.pop().expect("two fields");

@@ -187,6 +187,16 @@ impl Task {
                 r.len(),
             ));
         }
+        for (row, r) in emb.iter().enumerate() {
+            if let Some(column) = r.iter().position(|x| !x.is_finite()) {
+                return Err(EvalError::NonFinite {
+                    what: "task embeddings".into(),
+                    row,
+                    column,
+                    value: r[column],
+                });
+            }
+        }
         match self {
             Self::Sts(t) => t.score(emb),
             Self::Classification(t) => t.score(emb),

@@ -72,6 +72,15 @@ impl Retrieval {
             .into_iter()
             .filter(|(id, _)| qrels.get(id).is_some_and(|q| q.values().any(|&r| r > 0)))
             .collect();
+        // No usable query (or no document) would average nothing and
+        // report 0.00, indistinguishable from a model that finds nothing.
+        if queries.is_empty() {
+            return Err(EvalError::Empty {
+                path: dir.to_path_buf(),
+                msg: "no query in queries.jsonl has a relevant (score > 0) judgement in qrels.tsv"
+                    .into(),
+            });
+        }
         let queries = subsample(queries, limit);
         let mut texts = TextList::default();
         let mut judged = HashSet::new();
@@ -91,6 +100,12 @@ impl Retrieval {
             if limit.is_none_or(|n| i < n || judged.contains(&id)) {
                 docs.push((id, texts.id(&t)));
             }
+        }
+        if docs.is_empty() {
+            return Err(EvalError::Empty {
+                path: dir.join("corpus.jsonl"),
+                msg: "the corpus has no documents".into(),
+            });
         }
         Ok(Self {
             texts,
@@ -125,7 +140,18 @@ impl Retrieval {
             ndcg += ndcg_at_k(&ranked, judgements, 10).unwrap_or(0.0);
             recall += recall_at_k(&ranked, judgements, 100).unwrap_or(0.0);
         }
-        let n = self.queries.len().max(1) as f64;
+        if self.queries.is_empty() || self.docs.is_empty() {
+            return Err(EvalError::shape(
+                "retrieval",
+                "at least one query and one document",
+                format!(
+                    "{} queries, {} documents",
+                    self.queries.len(),
+                    self.docs.len()
+                ),
+            ));
+        }
+        let n = self.queries.len() as f64;
         Ok(vec![
             Score::new("ndcg@10", 100.0 * ndcg / n),
             Score::new("recall@100", 100.0 * recall / n),

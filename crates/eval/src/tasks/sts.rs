@@ -28,13 +28,26 @@ impl Sts {
         let mut pairs = Vec::new();
         let mut gold = Vec::new();
         for (line, f) in rows {
-            let score: f64 = f[0].trim().parse().map_err(|_| EvalError::Parse {
-                path: path.to_path_buf(),
-                line,
-                msg: format!("score {:?} is not a number", f[0]),
-            })?;
+            // `f64::from_str` takes "NaN" and "inf": a NaN gold score
+            // would poison Spearman's ranks, so only finite numbers pass.
+            let score: f64 = f[0]
+                .trim()
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite())
+                .ok_or_else(|| EvalError::Parse {
+                    path: path.to_path_buf(),
+                    line,
+                    msg: format!("score {:?} is not a finite number", f[0]),
+                })?;
             gold.push(score);
             pairs.push((texts.id(&f[1]), texts.id(&f[2])));
+        }
+        if pairs.is_empty() {
+            return Err(EvalError::Empty {
+                path: path.to_path_buf(),
+                msg: "no sentence pairs to score".into(),
+            });
         }
         Ok(Self { texts, pairs, gold })
     }
