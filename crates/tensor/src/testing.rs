@@ -8,6 +8,18 @@ use rand::{Rng, SeedableRng};
 
 use crate::Real;
 
+/// Says that the running test is skipped and why, as `<test>: SKIPPED
+/// (<why>)` (the form the GPU tests use). Written straight to stderr, not
+/// with `eprintln!`: the test harness captures the print macros and shows
+/// them only for a failure, and a skipped test "passes", so a skip printed
+/// that way is never seen. Call it, then return from the test.
+pub fn report_skip(why: &str) {
+    use std::io::Write as _;
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("test");
+    let _ = writeln!(std::io::stderr(), "{name}: SKIPPED ({why})");
+}
+
 /// A seeded RNG, so every test input is reproducible from its seed.
 pub fn rng(seed: u64) -> StdRng {
     StdRng::seed_from_u64(seed)
