@@ -27,6 +27,11 @@ TYPES = {
     "Q4_K": (T.Q4_K, 144, [0, 2]),
     "Q5_K": (T.Q5_K, 176, [0, 2]),
     "Q6_K": (T.Q6_K, 210, [208]),
+    # Appended after the K-quants so the earlier types' random draws (and
+    # so their golden values) are unchanged. Q4_K_M files use these for
+    # rows whose length is not a multiple of 256.
+    "Q5_0": (T.Q5_0, 22, [0]),
+    "Q5_1": (T.Q5_1, 24, [0, 2]),
 }
 
 

@@ -4,6 +4,9 @@
 //! x = d·q. Q4_0 = d + 16 bytes of nibbles, x = d·(q − 8). Q4_1 = d, f16
 //! offset m + 16 bytes of nibbles, x = d·q + m. In the nibble formats byte j
 //! holds element j in its low nibble and element j + 16 in its high nibble.
+//! Q5_0 = d, a u32 of fifth bits qh, 16 bytes of nibbles, x = d·(q − 16);
+//! Q5_1 = d, m, qh, nibbles, x = d·q + m; bit j of qh tops element j (the
+//! low nibble of byte j) and bit j + 16 tops element j + 16 (its high nibble).
 //!
 //! K-quants work on 256-element super-blocks of 8 (Q4_K, Q5_K) or 16 (Q6_K)
 //! sub-blocks, each with its own scale: Q4_K = d, dmin (f16), 12 bytes of
@@ -23,6 +26,8 @@ fn block(ty: u32) -> Option<(usize, usize)> {
         1 | 30 => (1, 2),
         2 => (32, 18),
         3 => (32, 20),
+        6 => (32, 22),
+        7 => (32, 24),
         8 => (32, 34),
         12 => (256, 144),
         13 => (256, 176),
@@ -72,6 +77,18 @@ pub fn dequantize(ty: u32, bytes: &[u8], out: &mut [f32]) -> Result<(), String> 
                     y[j + 16] = d * (q >> 4) as f32 + m;
                 }
             }
+            6 => {
+                let d = f16_at(b, 0);
+                for (j, q) in q5_values(&b[2..6], &b[6..22]).into_iter().enumerate() {
+                    y[j] = d * (q as i32 - 16) as f32;
+                }
+            }
+            7 => {
+                let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+                for (j, q) in q5_values(&b[4..8], &b[8..24]).into_iter().enumerate() {
+                    y[j] = d * q as f32 + m;
+                }
+            }
             12 => q4_k(b, y),
             13 => q5_k(b, y),
             14 => q6_k(b, y),
@@ -79,6 +96,19 @@ pub fn dequantize(ty: u32, bytes: &[u8], out: &mut [f32]) -> Result<(), String> 
         }
     }
     Ok(())
+}
+
+/// The 32 unsigned 5-bit values of a Q5_0 / Q5_1 block: the nibbles of
+/// `qs` (low nibbles are elements 0-15, high nibbles 16-31) topped by bit j
+/// of the little-endian u32 `qh` for element j.
+fn q5_values(qh: &[u8], qs: &[u8]) -> [u8; 32] {
+    let qh = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+    let mut q = [0u8; 32];
+    for (j, &b) in qs.iter().enumerate() {
+        q[j] = (b & 0x0f) | (((qh >> j) & 1) << 4) as u8;
+        q[j + 16] = (b >> 4) | (((qh >> (j + 16)) & 1) << 4) as u8;
+    }
+    q
 }
 
 /// Scale and min of sub-block `j` from the 12 packed bytes of Q4_K / Q5_K:

@@ -9,9 +9,13 @@
 //! assembled from test fixtures (a random Llama with SmolLM2's tokenizer:
 //! enough for `info`, and for `embed` to refuse the vocabulary mismatch).
 
+mod support;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use support::{RefPooling, Reference, worst_row_err};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../backbone/tests/fixtures");
 
@@ -142,6 +146,15 @@ fn embed_smollm2_end_to_end_writes_a_finite_3_by_576_npy() {
     }
     assert!(rows[0] != rows[1] && rows[1] != rows[2], "rows must differ");
     assert!(stderr.contains("[3 x 576]"), "{stderr}");
+    // The values: the defaults (mean pooling, causal) of each passage run
+    // alone through the library's model (tests/support).
+    let texts = std::fs::read_to_string(&input).unwrap();
+    let texts: Vec<&str> = texts.lines().collect();
+    let want = Reference::load(&model, None).embed(&texts, RefPooling::Mean, true, 512, false);
+    let got: Vec<Vec<f32>> = rows.iter().map(|r| r.to_vec()).collect();
+    let e = worst_row_err(&got, &want);
+    // Packed vs alone: f32 rounding only (7e-8 measured); a wrong value is O(1).
+    assert!(e <= 1e-5, "embed vs one passage at a time: {e:.2e}");
 }
 
 #[test]

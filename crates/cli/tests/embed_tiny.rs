@@ -3,9 +3,14 @@
 //! `scripts/make_tiny_embed_model.py`): tokenizer, bf16 safetensors, packing,
 //! pooling and the .npy writer, on the CPU. The same model and passages are
 //! what `scripts/gpu-check.sh` embeds on CUDA and compares against this path.
+//! (`embed_values.rs` checks every pooling, mask and adapter setting.)
+
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use support::{RefPooling, Reference, read_npy, worst_row_err};
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../backbone/tests/fixtures/tiny-embed")
@@ -16,27 +21,6 @@ fn llm2comp(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("the llm2comp binary runs")
-}
-
-/// (shape, values) of a little-endian f32 .npy file as `npy_bytes` writes it.
-fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
-    let b = std::fs::read(path).unwrap();
-    assert_eq!(&b[..8], b"\x93NUMPY\x01\x00");
-    let hlen = u16::from_le_bytes([b[8], b[9]]) as usize;
-    let header = std::str::from_utf8(&b[10..10 + hlen]).unwrap();
-    assert!(header.contains("'<f4'"), "{header}");
-    let inside = header.split("'shape': (").nth(1).unwrap();
-    let inside = &inside[..inside.find(')').unwrap()];
-    let shape: Vec<usize> = inside
-        .split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| s.trim().parse().unwrap())
-        .collect();
-    let vals = b[10 + hlen..]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    (shape, vals)
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -75,6 +59,15 @@ fn embeds_the_tiny_model_on_the_cpu_into_n_by_d() {
     let row = |i: usize| &v[i * 128..(i + 1) * 128];
     let gap: f32 = row(0).iter().zip(row(2)).map(|(a, b)| (a - b).abs()).sum();
     assert!(gap > 1e-2, "rows 0 and 2 nearly equal ({gap})");
+    // The values: the defaults (mean pooling, causal, --max-length 512) of
+    // each passage embedded alone through the library (tests/support).
+    let texts = std::fs::read_to_string(&passages).unwrap();
+    let texts: Vec<&str> = texts.lines().collect();
+    let want = Reference::load(&dir, None).embed(&texts, RefPooling::Mean, true, 512, false);
+    let got: Vec<Vec<f32>> = v.chunks(128).map(<[f32]>::to_vec).collect();
+    let e = worst_row_err(&got, &want);
+    // Packed vs alone: f32 rounding only (~1e-7); a wrong value is O(1).
+    assert!(e <= 1e-5, "embed vs one passage at a time: {e:.2e}");
 }
 
 #[test]
@@ -106,5 +99,9 @@ fn cuda_without_a_device_and_bf16_on_the_cpu_are_clear_errors() {
         assert_eq!(o.status.code(), Some(1), "{err}");
         assert!(err.to_lowercase().contains("cuda"), "{err}");
         assert!(!out.exists());
+    } else {
+        llm2comp_tensor::testing::report_skip(
+            "the no-device half: a CUDA device is present (gpu-check.sh embeds on it)",
+        );
     }
 }

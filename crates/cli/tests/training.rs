@@ -4,10 +4,15 @@
 //! metrics, plot, checkpoints and adapters; a stopped-and-resumed run
 //! reproduces the uninterrupted loss curve exactly; bad settings and bad
 //! data are refused with messages that say what to do; the three stages
-//! chain, each saving one adapter that `embed` uses alone.
+//! chain, each saving one adapter that `embed` uses alone, with the values
+//! the library computes from that adapter one passage at a time.
+
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use support::{RefPooling, Reference, npy_rows, worst_row_err};
 
 fn model_dir(tmp: &Path) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../backbone/tests/fixtures/tiny-embed");
@@ -322,6 +327,21 @@ fn the_three_stages_chain_and_each_adapter_embeds_alone() {
         e[0] != e[1] && e[1] != e[2],
         "a stage left the embeddings unchanged"
     );
+    // And each is what its adapter computes: memory pooling, bidirectional,
+    // `[BOS] text <mem>` with the BOS id the config gives (tests/support).
+    let texts = std::fs::read_to_string(&data).unwrap();
+    let texts: Vec<&str> = texts.lines().collect();
+    for (i, a) in [&pre, &ucl, &scl].iter().enumerate() {
+        let got = npy_rows(&tmp.path().join(format!("e{i}.npy")));
+        let want =
+            Reference::load(&model, Some(a)).embed(&texts, RefPooling::Memory, false, 512, false);
+        let e = worst_row_err(&got, &want);
+        // Packed vs alone: f32 rounding only (~1e-7); a wrong value is O(1).
+        assert!(
+            e <= 1e-5,
+            "stage {i}: embed vs one passage at a time: {e:.2e}"
+        );
+    }
 
     // Resume: 1 step, then resumed to 3, equals the 3-step run.
     let part = tmp.path().join("ucl-part");

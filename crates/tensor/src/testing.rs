@@ -8,6 +8,18 @@ use rand::{Rng, SeedableRng};
 
 use crate::Real;
 
+/// Says that the running test is skipped and why, as `<test>: SKIPPED
+/// (<why>)` (the form the GPU tests use). Written straight to stderr, not
+/// with `eprintln!`: the test harness captures the print macros and shows
+/// them only for a failure, and a skipped test "passes", so a skip printed
+/// that way is never seen. Call it, then return from the test.
+pub fn report_skip(why: &str) {
+    use std::io::Write as _;
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("test");
+    let _ = writeln!(std::io::stderr(), "{name}: SKIPPED ({why})");
+}
+
 /// A seeded RNG, so every test input is reproducible from its seed.
 pub fn rng(seed: u64) -> StdRng {
     StdRng::seed_from_u64(seed)
@@ -43,8 +55,40 @@ pub fn assert_close<T: Real>(what: &str, got: &[T], want: &[T], tol: f64) {
     assert!(e <= tol, "{what}: relative error {e:.3e} > {tol:.1e}");
 }
 
+/// The coordinates a gradient check probes: min(max_probes, n) of `0..n`,
+/// `k·s mod n` for k = 0, 1, .. (sorted) with the stride s the smallest
+/// integer ≥ n/max_probes coprime with n, so the probes are distinct and
+/// span the whole tensor (gaps at most about three strides).
+///
+/// Why coprime: a tensor is [rows, heads, channels] with n a multiple of the
+/// row period p, and a stride sharing a factor with p sees only some residues
+/// mod p (a stride of 24 over [T, 2, 3] keys once probed only channel 0 of
+/// head 0 of attention's dk and dv). gcd(s, n) = 1 gives gcd(s, p) = 1 for
+/// every divisor p of n, so any p consecutive probes meet every residue mod
+/// p: every head and channel family is probed once max_probes ≥ p.
+pub fn probe_indices(n: usize, max_probes: usize) -> Vec<usize> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let gcd = |mut a: usize, mut b: usize| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    let mut stride = n.div_ceil(max_probes.max(1));
+    while gcd(stride, n) != 1 {
+        stride += 1;
+    }
+    let mut probes: Vec<usize> = (0..max_probes.clamp(1, n))
+        .map(|k| k * stride % n)
+        .collect();
+    probes.sort_unstable();
+    probes
+}
+
 /// Checks `analytic` = ∂f/∂x at `x` by central differences with step `eps`,
-/// on at most `max_probes` coordinates spread evenly over `x`.
+/// on the coordinates [`probe_indices`] picks (at most `max_probes`).
 /// Each coordinate must satisfy |fd − an| ≤ tol · max(1, |fd|, |an|).
 #[track_caller]
 pub fn check_grad(
@@ -57,10 +101,9 @@ pub fn check_grad(
     const EPS: f64 = 1e-6;
     const TOL: f64 = 1e-6;
     assert_eq!(x.len(), analytic.len(), "{what}: gradient length");
-    let step = (x.len() / max_probes.max(1)).max(1);
     let mut xp = x.to_vec();
     let mut probes = 0;
-    for i in (0..x.len()).step_by(step) {
+    for i in probe_indices(x.len(), max_probes) {
         xp[i] = x[i] + EPS;
         let fp = f(&xp);
         xp[i] = x[i] - EPS;
@@ -102,7 +145,8 @@ const F32_TOL: f64 = 1e-2;
 const F32_MAX_PROBES: usize = 48;
 
 /// Checks `analytic` = ∂f/∂x at `x` by extrapolated central differences on
-/// up to 48 coordinates spread over x (tolerance: see the comment above).
+/// up to 48 coordinates spread over x by [`probe_indices`] (tolerance: see
+/// the comment above).
 /// Panics with the first mismatching coordinate: a test helper.
 #[track_caller]
 pub fn check_grad_f32(what: &str, f: impl FnMut(&[f32]) -> f64, x: &[f32], analytic: &[f32]) {
@@ -126,9 +170,8 @@ pub fn check_grad_f32_tol(
     );
     let gmax = analytic.iter().fold(0f64, |m, g| m.max(g.abs() as f64));
     assert!(gmax > 0.0, "{what}: gradient is exactly zero");
-    let stride = (x.len() / F32_MAX_PROBES).max(1);
     let mut xp = x.to_vec();
-    for i in (0..x.len()).step_by(stride) {
+    for i in probe_indices(x.len(), F32_MAX_PROBES) {
         let mut central = |step: f32| {
             xp[i] = x[i] + step;
             let fp = f(&xp);
@@ -147,5 +190,93 @@ pub fn check_grad_f32_tol(
             (fd - an).abs() <= tol * scale,
             "{what}: d/dx[{i}] finite difference {fd:.6e} vs analytic {an:.6e} (max |g| {gmax:.3e})"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_are_few_distinct_spread_and_meet_every_residue_of_every_period() {
+        for n in 1..1200 {
+            for max in [1, 7, 48, 80] {
+                let p = probe_indices(n, max);
+                assert_eq!(p.len(), max.min(n), "n {n} max {max}");
+                assert!(p.windows(2).all(|w| w[0] < w[1]) && p[p.len() - 1] < n);
+                // Spread over the whole tensor: no gap (the end included)
+                // wider than three even spacings.
+                let gap = p
+                    .windows(2)
+                    .map(|w| w[1] - w[0])
+                    .chain([n - p[p.len() - 1]])
+                    .max()
+                    .unwrap();
+                assert!(gap <= 3 * n.div_ceil(max), "n {n} max {max}: {p:?}");
+                // Every period the tensor can have (a divisor of n) small
+                // enough for the probe budget has all its residues probed.
+                for period in (1..=p.len()).filter(|d| n % d == 0) {
+                    let mut seen = vec![false; period];
+                    p.iter().for_each(|&i| seen[i % period] = true);
+                    assert!(seen.iter().all(|&s| s), "n {n} max {max} period {period}");
+                }
+            }
+        }
+        assert_eq!(probe_indices(0, 5), Vec::<usize>::new());
+        assert_eq!(probe_indices(4, 80), vec![0, 1, 2, 3]);
+    }
+
+    /// attention's keys in its backward test: [331 tokens, 2 heads, 3
+    /// channels], 80 probes. A gradient wrong in one channel family only
+    /// (channel 1 of every head) must be caught; the old stride of 24 = 4·6
+    /// probed channel 0 of head 0 alone and passed it.
+    const KEYS: usize = 331 * 2 * 3;
+
+    fn wrong_in_channel_1(x: &[f64]) -> Vec<f64> {
+        // f = ½Σx² has gradient x; channel 1 is off by 10 %.
+        x.iter()
+            .enumerate()
+            .map(|(i, &v)| if i % 3 == 1 { 1.1 * v } else { v })
+            .collect()
+    }
+
+    #[test]
+    fn check_grad_passes_a_right_gradient() {
+        let x: Vec<f64> = uniform(&mut rng(1), KEYS, 1.0);
+        let f = |x: &[f64]| 0.5 * x.iter().map(|v| v * v).sum::<f64>();
+        check_grad("right", f, &x, &x, 80);
+        let x: Vec<f32> = uniform(&mut rng(2), 336 * 2 * 3, 1.0);
+        let f = |x: &[f32]| 0.5 * x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>();
+        check_grad_f32("right", f, &x, &x);
+    }
+
+    #[test]
+    #[should_panic(expected = "finite difference")]
+    fn check_grad_catches_a_gradient_wrong_in_one_channel_family() {
+        // Values in [1, 2): every probe's gradient is large enough to judge.
+        let x: Vec<f64> = uniform(&mut rng(1), KEYS, 0.5)
+            .into_iter()
+            .map(|v: f64| 1.5 + v)
+            .collect();
+        let f = |x: &[f64]| 0.5 * x.iter().map(|v| v * v).sum::<f64>();
+        check_grad("channel 1", f, &x, &wrong_in_channel_1(&x), 80);
+    }
+
+    /// The f32 check's 48 probes over [336, 2, 3]: the old stride, 42 = 7·6,
+    /// also saw channel 0 of head 0 alone.
+    #[test]
+    #[should_panic(expected = "finite difference")]
+    fn check_grad_f32_catches_a_gradient_wrong_in_one_channel_family() {
+        let x: Vec<f32> = uniform(&mut rng(2), 336 * 2 * 3, 0.5)
+            .into_iter()
+            .map(|v: f32| 1.5 + v)
+            .collect();
+        let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let an: Vec<f32> = wrong_in_channel_1(&x64)
+            .into_iter()
+            .map(|v| v as f32)
+            .collect();
+        let f = |x: &[f32]| 0.5 * x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>();
+        check_grad_f32("channel 1", f, &x, &an);
     }
 }

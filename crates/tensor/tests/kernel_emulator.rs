@@ -8,10 +8,13 @@
 //! Runs the emulator's quick set (sequences of 1, 7 and 72 tokens) unless
 //! `LLM2COMP_EMU_FULL=1` asks for the full one (adds a 129-token sequence,
 //! which spans several 128-row tiles; about 2 minutes on 2 cores). Needs a
-//! C++20 compiler (`$CXX`, else `c++`); without one it prints SKIPPED.
+//! C++20 compiler (`$CXX`, else `c++`); without one it says SKIPPED on the
+//! terminal (past the harness's capture).
 
 use std::path::Path;
 use std::process::Command;
+
+use llm2comp_tensor::testing::report_skip;
 
 #[test]
 fn attention_kernels_match_the_reference_under_the_host_emulator() {
@@ -28,7 +31,7 @@ fn attention_kernels_match_the_reference_under_the_host_emulator() {
     let built = match built {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("SKIPPED (no C++ compiler `{cxx}`: {e})");
+            report_skip(&format!("no C++ compiler `{cxx}`: {e}"));
             return;
         }
     };

@@ -8,6 +8,9 @@ use std::process::{Command, Output};
 
 use serde_json::{Map, Value, json};
 
+mod reference;
+pub use reference::*;
+
 /// The committed tiny Qwen2 (bf16 safetensors, word-level tokenizer).
 pub fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../backbone/tests/fixtures/tiny-embed")
