@@ -9,6 +9,7 @@ use std::process::{Command, Output};
 use serde_json::{Map, Value, json};
 
 mod reference;
+#[allow(unused_imports)] // each test binary uses a different subset
 pub use reference::*;
 
 /// The committed tiny Qwen2 (bf16 safetensors, word-level tokenizer).

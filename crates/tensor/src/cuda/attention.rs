@@ -587,12 +587,7 @@ mod tests {
     #[test]
     fn kernel_choice_follows_dtype_and_head_dim() {
         if simple_forced() {
-            // Written past libtest's capture so a default run shows it.
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "kernel_choice_follows_dtype_and_head_dim: SKIPPED (LLM2COMP_ATTN_SIMPLE=1 forces the simple kernels)"
-            );
+            crate::testing::report_skip("LLM2COMP_ATTN_SIMPLE=1 forces the simple kernels");
             return;
         }
         assert_eq!(
