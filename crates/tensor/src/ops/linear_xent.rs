@@ -311,6 +311,17 @@ pub fn forward_backward(
     opts: &LinearXentOptions,
 ) -> Result<(LinearXentOut, Tensor)> {
     let (rows, dim, vocab, tiling) = validate(hidden, weight, targets, row_weights, opts)?;
+    // The CUDA launchers' view (references only: free to build for the CPU too).
+    let cx = cuda_args(
+        hidden,
+        weight,
+        dim,
+        vocab,
+        targets,
+        row_weights,
+        opts,
+        tiling,
+    );
     if let Some(dw) = dweight {
         dw.expect_shape(OP, "dweight", weight.shape())?;
         crate::ops::same_device(OP, &[hidden, dw])?;
@@ -318,17 +329,7 @@ pub fn forward_backward(
             && cuda::linear_xent::sweep_pays(tiling, rows, vocab);
         return match hidden.device() {
             Device::Cuda(_) if sweep => {
-                let x = cuda_args(
-                    hidden,
-                    weight,
-                    dim,
-                    vocab,
-                    targets,
-                    row_weights,
-                    opts,
-                    tiling,
-                );
-                let (loss, lse, dh) = cuda::linear_xent::forward_backward_dw(&x, dw)?;
+                let (loss, lse, dh) = cuda::linear_xent::forward_backward_dw(&cx, dw)?;
                 Ok((LinearXentOut { loss, lse }, dh))
             }
             _ => {
@@ -361,17 +362,7 @@ pub fn forward_backward(
             Ok((LinearXentOut { loss, lse }, dh))
         }
         Device::Cuda(_) => {
-            let x = cuda_args(
-                hidden,
-                weight,
-                dim,
-                vocab,
-                targets,
-                row_weights,
-                opts,
-                tiling,
-            );
-            let (loss, lse, dh) = cuda::linear_xent::forward_backward(&x)?;
+            let (loss, lse, dh) = cuda::linear_xent::forward_backward(&cx)?;
             Ok((LinearXentOut { loss, lse }, dh))
         }
     }
