@@ -7,7 +7,9 @@
 //! its own rows only, not on what else shares the call. That is what lets a
 //! trainer pack many texts into one forward call and still give each text the
 //! same mask however the batch is split (GradCache's re-run must see the
-//! masks of the first pass). Per-sequence streams are CPU-only for now.
+//! masks of the first pass). Per-sequence streams run on both devices for this
+//! elementwise op (on CUDA one launch per sequence); attention's dropout takes
+//! them on the CPU only so far.
 
 use std::sync::Arc;
 
@@ -116,14 +118,16 @@ fn check(x: &Tensor, mask: &DropoutMask) -> Result<()> {
                 ),
             ));
         }
-        if x.device() != Device::Cpu {
-            return Err(TensorError::invalid(
-                OP,
-                "per-sequence dropout keys are implemented on the CPU only".to_string(),
-            ));
-        }
     }
     Ok(())
+}
+
+/// Applies `mask` on CUDA: one stream, or one per sequence's rows.
+fn cuda_apply(src: &Tensor, mask: &DropoutMask, what: &'static str) -> Result<Tensor> {
+    match &mask.keys {
+        None => cuda::dropout::apply(src, mask.p, mask.seed, mask.offset, what),
+        Some(k) => cuda::dropout::apply_keyed(src, mask.p, mask.seed, mask.offset, k, what),
+    }
 }
 
 /// Applies `mask` on the CPU: one stream, or one per sequence's rows.
@@ -149,7 +153,7 @@ pub fn forward(x: &Tensor, mask: &DropoutMask) -> Result<Tensor> {
     check(x, mask)?;
     match x.device() {
         Device::Cpu => cpu_apply(x, mask, "x"),
-        Device::Cuda(_) => cuda::dropout::apply(x, mask.p, mask.seed, mask.offset, "x"),
+        Device::Cuda(_) => cuda_apply(x, mask, "x"),
     }
 }
 
@@ -159,7 +163,7 @@ pub fn backward(dy: &Tensor, mask: &DropoutMask) -> Result<Tensor> {
     match dy.device() {
         // The mask is its own backward: dx = dy · mask / (1 − p).
         Device::Cpu => cpu_apply(dy, mask, "dy"),
-        Device::Cuda(_) => cuda::dropout::apply(dy, mask.p, mask.seed, mask.offset, "dy"),
+        Device::Cuda(_) => cuda_apply(dy, mask, "dy"),
     }
 }
 

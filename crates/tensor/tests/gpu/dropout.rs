@@ -70,10 +70,28 @@ fn compare(dev: Device, shape: &[usize]) {
             common::check(&format!("{tag} backward"), &dx, &want, bound);
         }
     }
-    // Per-sequence streams are CPU-only: refused, not silently ignored.
+    // Per-sequence streams (a packed batch of sequences with their own keys,
+    // an empty one among them): the same elements as the CPU's loop.
     let rows = x.shape()[0] as u32;
-    let keys = dropout::SeqKeys::new(&[0, rows], &[1]).unwrap();
-    let xg = common::to_gpu(&x, DType::F32, dev);
-    let e = dropout::forward(&xg, &DropoutMask::new(0.1, 1, 0).with_keys(Some(keys)));
-    assert!(e.unwrap_err().to_string().contains("CPU only"));
+    let (a, b) = (rows / 3, rows / 3 + rows / 4);
+    let keys = dropout::SeqKeys::new(&[0, a, a, b, rows], &[7, 8, 9, 10]).unwrap();
+    for dt in [DType::F32, DType::BF16] {
+        let mask = DropoutMask::new(0.3, 0xfeed, (1 << 33) + 1).with_keys(Some(keys.clone()));
+        let xg = common::to_gpu(&x, dt, dev);
+        let xc = common::to_cpu_f32(&xg);
+        let (y, want) = (
+            dropout::forward(&xg, &mask).unwrap(),
+            dropout::forward(&xc, &mask).unwrap(),
+        );
+        let bad = mask_mismatches(&y, &want);
+        eprintln!("keyed dropout {dt}: {bad} mask mismatches of {}", x.numel());
+        assert_eq!(bad, 0, "keyed dropout {dt}: masks differ");
+        let dx = dropout::backward(&xg, &mask).unwrap();
+        let want_dx = dropout::backward(&xc, &mask).unwrap();
+        assert_eq!(
+            mask_mismatches(&dx, &want_dx),
+            0,
+            "keyed dropout {dt}: backward"
+        );
+    }
 }
