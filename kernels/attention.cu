@@ -128,7 +128,9 @@ __device__ __forceinline__ float warp_sum(float x) {
 }
 
 // The sequence [s0, s1) holding token i: the largest b < nseq with cu[b] <= i.
-__device__ __forceinline__ void find_seq(const int* cu, int nseq, int i, int& s0, int& s1) {
+// Returns b; with per-sequence dropout keys, narrows `drop` to b's stream.
+__device__ __forceinline__ int find_seq(const int* cu, int nseq, int i, int& s0, int& s1,
+                                        Drop& drop) {
     int lo = 0, hi = nseq;  // invariant cu[lo] <= i < cu[hi]
     while (hi - lo > 1) {
         int mid = (lo + hi) >> 1;
@@ -136,6 +138,8 @@ __device__ __forceinline__ void find_seq(const int* cu, int nseq, int i, int& s0
     }
     s0 = cu[lo];
     s1 = cu[lo + 1];
+    if (drop.seeds) drop = drop.at(drop.seeds[lo], s0, s1);
+    return lo;
 }
 
 #ifndef ATTN_HOST_EMU
@@ -407,8 +411,9 @@ __device__ __forceinline__ void fwd_mma(const bf16* __restrict__ q, const bf16* 
     extern "C" __global__ void __launch_bounds__(128) NAME(                                      \
         const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, const int* tiles,      \
         int tokens, int hq, int hkv, float scale_log2, int causal, uint64_t seed,                \
-        uint64_t offset, uint64_t thr, float inv_keep, int drop_on) {                            \
-        Drop drop{seed, offset, thr, (uint64_t)tokens, inv_keep, drop_on};                       \
+        uint64_t offset, uint64_t thr, float inv_keep, int drop_on, const uint64_t* seeds) {     \
+        Drop drop = Drop{seed, offset, thr, (uint64_t)tokens, inv_keep, drop_on, 0, seeds}       \
+                        .for_tile(tiles, blockIdx.x);                                            \
         fwd_mma<DIM, FAST>(q, k, v, o, lse, tiles, tokens, hq, hkv, scale_log2, causal, drop);   \
     }
 FWD_MMA(attention_fwd_mma_v1_d64, 64, false)
@@ -636,8 +641,9 @@ __device__ __forceinline__ void fwd_mma2(const bf16* __restrict__ q, const bf16*
     extern "C" __global__ void __launch_bounds__(128) attention_fwd_mma_v2_d##DIM(               \
         const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, const int* tiles,      \
         int tokens, int hq, int hkv, float scale_log2, int causal, uint64_t seed,                \
-        uint64_t offset, uint64_t thr, float inv_keep, int drop_on) {                            \
-        Drop drop{seed, offset, thr, (uint64_t)tokens, inv_keep, drop_on};                       \
+        uint64_t offset, uint64_t thr, float inv_keep, int drop_on, const uint64_t* seeds) {     \
+        Drop drop = Drop{seed, offset, thr, (uint64_t)tokens, inv_keep, drop_on, 0, seeds}       \
+                        .for_tile(tiles, blockIdx.x);                                            \
         fwd_mma2<DIM>(q, k, v, o, lse, tiles, tokens, hq, hkv, scale_log2, causal, drop);        \
     }
 FWD_MMA2(64)
@@ -925,8 +931,9 @@ __device__ __forceinline__ void bwd_mma(const bf16* __restrict__ q, const bf16* 
         const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,         \
         const float* delta, float* dq_acc, bf16* dk, bf16* dv, const int* tiles, int tokens,     \
         int hq, int hkv, float scale, float scale_log2, int causal, uint64_t seed,               \
-        uint64_t offset, uint64_t thr, float inv_keep, int drop_on) {                            \
-        Drop drop{seed, offset, thr, (uint64_t)tokens, inv_keep, drop_on};                       \
+        uint64_t offset, uint64_t thr, float inv_keep, int drop_on, const uint64_t* seeds) {     \
+        Drop drop = Drop{seed, offset, thr, (uint64_t)tokens, inv_keep, drop_on, 0, seeds}       \
+                        .for_tile(tiles, blockIdx.x);                                            \
         bwd_mma<DIM, NW, PREFETCH>(q, k, v, dout, lse, delta, dq_acc, dk, dv, tiles, tokens, hq,  \
                                    hkv, scale, scale_log2, causal, drop);                        \
     }
@@ -981,7 +988,7 @@ __device__ __forceinline__ void fwd_simple(const E* q, const E* k, const E* v, E
     if (w >= (long long)tokens * hq) return;
     const int i = (int)(w / hq), h = (int)(w % hq), g = h / (hq / hkv);
     int s0, s1;
-    find_seq(cu, nseq, i, s0, s1);
+    find_seq(cu, nseq, i, s0, s1, drop);
     float qr[SIMPLE_MAXC], acc[SIMPLE_MAXC];
     load_row(qr, q + ((size_t)i * hq + h) * d, d, lane);
 #pragma unroll
@@ -1017,7 +1024,7 @@ __device__ __forceinline__ void bwd_simple_dq(const E* q, const E* k, const E* v
     if (w >= (long long)tokens * hq) return;
     const int i = (int)(w / hq), h = (int)(w % hq), g = h / (hq / hkv);
     int s0, s1;
-    find_seq(cu, nseq, i, s0, s1);
+    find_seq(cu, nseq, i, s0, s1, drop);
     float qr[SIMPLE_MAXC], dor[SIMPLE_MAXC], acc[SIMPLE_MAXC];
     load_row(qr, q + ((size_t)i * hq + h) * d, d, lane);
     load_row(dor, dout + ((size_t)i * hq + h) * d, d, lane);
@@ -1050,7 +1057,7 @@ __device__ __forceinline__ void bwd_simple_dkv(const E* q, const E* k, const E* 
     if (w >= (long long)tokens * hkv) return;
     const int j = (int)(w / hkv), g = (int)(w % hkv), group = hq / hkv;
     int s0, s1;
-    find_seq(cu, nseq, j, s0, s1);
+    find_seq(cu, nseq, j, s0, s1, drop);
     float kr[SIMPLE_MAXC], vr[SIMPLE_MAXC], dka[SIMPLE_MAXC], dva[SIMPLE_MAXC];
     load_row(kr, k + ((size_t)j * hkv + g) * d, d, lane);
     load_row(vr, v + ((size_t)j * hkv + g) * d, d, lane);
@@ -1081,16 +1088,16 @@ __device__ __forceinline__ void bwd_simple_dkv(const E* q, const E* k, const E* 
     extern "C" __global__ void attention_fwd_simple_##SUF(                                       \
         const E* q, const E* k, const E* v, E* o, float* lse, const int* cu, int nseq,           \
         int tokens, int hq, int hkv, int d, float scale, int causal, uint64_t seed,              \
-        uint64_t offset, uint64_t thr, float inv_keep, int drop_on) {                            \
-        Drop drop{seed, offset, thr, (uint64_t)tokens, inv_keep, drop_on};                       \
+        uint64_t offset, uint64_t thr, float inv_keep, int drop_on, const uint64_t* seeds) {     \
+        Drop drop{seed, offset, thr, (uint64_t)tokens, inv_keep, drop_on, 0, seeds};             \
         fwd_simple<E>(q, k, v, o, lse, cu, nseq, tokens, hq, hkv, d, scale, causal, drop);       \
     }                                                                                            \
     extern "C" __global__ void attention_bwd_simple_dq_##SUF(                                    \
         const E* q, const E* k, const E* v, const E* dout, const float* lse,                     \
         const float* delta, E* dq, const int* cu, int nseq, int tokens, int hq, int hkv, int d,  \
         float scale, int causal, uint64_t seed, uint64_t offset, uint64_t thr, float inv_keep,   \
-        int drop_on) {                                                                           \
-        Drop drop{seed, offset, thr, (uint64_t)tokens, inv_keep, drop_on};                       \
+        int drop_on, const uint64_t* seeds) {                                                    \
+        Drop drop{seed, offset, thr, (uint64_t)tokens, inv_keep, drop_on, 0, seeds};             \
         bwd_simple_dq<E>(q, k, v, dout, lse, delta, dq, cu, nseq, tokens, hq, hkv, d, scale,     \
                          causal, drop);                                                          \
     }                                                                                            \
@@ -1098,8 +1105,8 @@ __device__ __forceinline__ void bwd_simple_dkv(const E* q, const E* k, const E* 
         const E* q, const E* k, const E* v, const E* dout, const float* lse,                     \
         const float* delta, E* dk, E* dv, const int* cu, int nseq, int tokens, int hq, int hkv,  \
         int d, float scale, int causal, uint64_t seed, uint64_t offset, uint64_t thr,            \
-        float inv_keep, int drop_on) {                                                           \
-        Drop drop{seed, offset, thr, (uint64_t)tokens, inv_keep, drop_on};                       \
+        float inv_keep, int drop_on, const uint64_t* seeds) {                                    \
+        Drop drop{seed, offset, thr, (uint64_t)tokens, inv_keep, drop_on, 0, seeds};             \
         bwd_simple_dkv<E>(q, k, v, dout, lse, delta, dk, dv, cu, nseq, tokens, hq, hkv, d,       \
                           scale, causal, drop);                                                  \
     }

@@ -535,8 +535,9 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q, const bf16* __re
     extern "C" __global__ void __launch_bounds__(128) NAME(                                      \
         const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, const int* tiles,      \
         int tokens, int hq, int hkv, float scale_log2, int causal, uint64_t seed,                \
-        uint64_t offset, uint64_t thr, float inv_keep, int drop_on) {                            \
-        Drop drop{seed, offset, thr, (uint64_t)tokens, inv_keep, drop_on};                       \
+        uint64_t offset, uint64_t thr, float inv_keep, int drop_on, const uint64_t* seeds) {     \
+        Drop drop = Drop{seed, offset, thr, (uint64_t)tokens, inv_keep, drop_on, 0, seeds}       \
+                        .for_tile(tiles, blockIdx.x);                                            \
         v4::fwd<DIM>(q, k, v, o, lse, tiles, tokens, hq, hkv, scale_log2, causal, drop);         \
     }
 FWD_WGMMA(attention_fwd_wgmma_d64, 64)
@@ -547,8 +548,9 @@ FWD_WGMMA(attention_fwd_wgmma_d128, 128)
     extern "C" __global__ void __launch_bounds__(128) NAME(                                      \
         const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, const int* tiles,      \
         int tokens, int hq, int hkv, float scale_log2, int causal, uint64_t seed,                \
-        uint64_t offset, uint64_t thr, float inv_keep, int drop_on) {                            \
-        Drop drop{seed, offset, thr, (uint64_t)tokens, inv_keep, drop_on};                       \
+        uint64_t offset, uint64_t thr, float inv_keep, int drop_on, const uint64_t* seeds) {     \
+        Drop drop = Drop{seed, offset, thr, (uint64_t)tokens, inv_keep, drop_on, 0, seeds}       \
+                        .for_tile(tiles, blockIdx.x);                                            \
         v4::fwd_pipe<DIM>(q, k, v, o, lse, tiles, tokens, hq, hkv, scale_log2, causal, drop);    \
     }
 FWD_WGMMA_PIPE(attention_fwd_wgmma_pipe_d64, 64)

@@ -276,19 +276,36 @@ struct Cfg {
     bool causal;
     float p;  // dropout, 0 = off
     uint64_t seed = 1234, offset = 99;
+    // Per-sequence dropout keys (empty: one stream for the call), as
+    // ops::dropout::SeqKeys: sequence b draws from keyed_seed(seed, keys[b])
+    // with T = its length and indices counted from its first token.
+    std::vector<uint64_t> keys = {};
     int tokens() const { return cu.back(); }
 };
+
+// cpu::dropout::keyed_seed.
+static uint64_t ref_keyed_seed(uint64_t seed, uint64_t key) {
+    return ref_mix64(seed ^ ref_mix64(key ^ 0x6a09e667f3bcc909ULL));
+}
 
 static uint64_t thr_of(float p) {
     double t = (1.0 - (double)p) * 4294967296.0;
     return std::min<uint64_t>((uint64_t)t, 1ULL << 32);
 }
 
-static double ref_factor(const Cfg& c, int h, int i, int j) {
+// The factor of P[h, i, j] for tokens i, j of sequence b (starting at s0).
+static double ref_factor(const Cfg& c, int b, int h, int i, int j) {
     if (c.p <= 0) return 1.0;
-    uint64_t t = c.tokens();
+    uint64_t t = c.tokens(), seed = c.seed;
+    if (!c.keys.empty()) {
+        const int s0 = c.cu[b];
+        t = (uint64_t)(c.cu[b + 1] - s0);
+        seed = ref_keyed_seed(c.seed, c.keys[b]);
+        i -= s0;
+        j -= s0;
+    }
     uint64_t idx = c.offset + ((uint64_t)h * t + i) * t + j;
-    uint32_t hs = (uint32_t)(ref_mix64(c.seed ^ ref_mix64(idx + 0x9e3779b97f4a7c15ULL)) >> 32);
+    uint32_t hs = (uint32_t)(ref_mix64(seed ^ ref_mix64(idx + 0x9e3779b97f4a7c15ULL)) >> 32);
     return (uint64_t)hs < thr_of(c.p) ? 1.0 / (1.0 - (double)c.p) : 0.0;
 }
 
@@ -329,7 +346,7 @@ static Ref reference(const Cfg& c, const std::vector<double>& q, const std::vect
                 double delta = 0;
                 std::vector<double> orow(d, 0);
                 for (int j = s0; j < je; ++j) {
-                    const double f = ref_factor(c, h, i, j);
+                    const double f = ref_factor(c, (int)b, h, i, j);
                     for (int e = 0; e < d; ++e) orow[e] += pr[j - s0] * f * v[((size_t)j * hkv + g) * d + e];
                 }
                 for (int e = 0; e < d; ++e) {
@@ -337,7 +354,7 @@ static Ref reference(const Cfg& c, const std::vector<double>& q, const std::vect
                     delta += orow[e] * dout[((size_t)i * hq + h) * d + e];
                 }
                 for (int j = s0; j < je; ++j) {
-                    const double f = ref_factor(c, h, i, j), p = pr[j - s0];
+                    const double f = ref_factor(c, (int)b, h, i, j), p = pr[j - s0];
                     double dp = 0;
                     for (int e = 0; e < d; ++e)
                         dp += dout[((size_t)i * hq + h) * d + e] * v[((size_t)j * hkv + g) * d + e];
@@ -394,6 +411,24 @@ static std::vector<int> tiles_of(const std::vector<int>& cu, int rows) {
     return t;
 }
 
+// The kernels' `seeds`: null without keys; else each sequence's keyed seed,
+// per sequence (`tiles` empty: the simple kernels) or per tile.
+static std::vector<uint64_t> seeds_of(const Cfg& c, const std::vector<int>& tiles) {
+    std::vector<uint64_t> seq, out;
+    if (c.keys.empty()) return out;
+    for (uint64_t k : c.keys) seq.push_back(ref_keyed_seed(c.seed, k));
+    if (tiles.empty()) return seq;
+    for (size_t t = 0; t < tiles.size(); t += 3) {
+        size_t b = 0;  // the last sequence starting at or before the tile's s0
+        while (b + 1 < c.cu.size() - 1 && c.cu[b + 1] <= tiles[t + 1]) ++b;
+        out.push_back(seq[b]);
+    }
+    return out;
+}
+static const uint64_t* ptr_or_null(const std::vector<uint64_t>& v) {
+    return v.empty() ? nullptr : v.data();
+}
+
 static int failures = 0;
 
 // mma: 0 = simple kernels, 1 = MMA v1, 2 = MMA v2, 3 = MMA v3 (the launcher's
@@ -432,6 +467,8 @@ template <typename E> static void run(const Cfg& c, int mma) {
     auto tiles2 = tiles_of(c.cu, 128);  // v2 forward: 128-row query tiles
     const unsigned ntiles2 = (unsigned)(tiles2.size() / 3);
     auto warps = [](long long rows) { return Dim3{(unsigned)((rows * 32 + 127) / 128), 1, 1}; };
+    const auto seeds_seq = seeds_of(c, {}), seeds_t = seeds_of(c, tiles),
+               seeds_t2 = seeds_of(c, tiles2);
 
     if constexpr (std::is_same_v<E, bf16>) {
         if (mma) {
@@ -441,7 +478,8 @@ template <typename E> static void run(const Cfg& c, int mma) {
             const auto& tt = mma != 2 ? tiles : tiles2;
             launch({mma != 2 ? ntiles : ntiles2, (unsigned)hq, 1}, 128, [&] {
                 fwd(qe.data(), ke.data(), ve.data(), o.data(), lse.data(), tt.data(), T, hq, hkv,
-                    scale * 1.4426950408889634f, c.causal, c.seed, c.offset, thr, inv_keep, on);
+                    scale * 1.4426950408889634f, c.causal, c.seed, c.offset, thr, inv_keep, on,
+                    ptr_or_null(mma != 2 ? seeds_t : seeds_t2));
             });
         }
     }
@@ -450,11 +488,11 @@ template <typename E> static void run(const Cfg& c, int mma) {
             if constexpr (std::is_same_v<E, bf16>)
                 attention_fwd_simple_bf16(qe.data(), ke.data(), ve.data(), o.data(), lse.data(),
                                           c.cu.data(), nseq, T, hq, hkv, d, scale, c.causal, c.seed,
-                                          c.offset, thr, inv_keep, on);
+                                          c.offset, thr, inv_keep, on, ptr_or_null(seeds_seq));
             else
                 attention_fwd_simple_f32(qe.data(), ke.data(), ve.data(), o.data(), lse.data(),
                                          c.cu.data(), nseq, T, hq, hkv, d, scale, c.causal, c.seed,
-                                         c.offset, thr, inv_keep, on);
+                                         c.offset, thr, inv_keep, on, ptr_or_null(seeds_seq));
         });
     }
     // Backward runs from the kernel's own o and lse, as in training.
@@ -474,7 +512,8 @@ template <typename E> static void run(const Cfg& c, int mma) {
             launch({mma == 3 ? ntiles2 : ntiles, (unsigned)hkv, 1}, mma == 3 ? 256 : 128, [&] {
                 bwd(qe.data(), ke.data(), ve.data(), doe.data(), lse.data(), delta.data(), acc.data(),
                     dk.data(), dv.data(), tt.data(), T, hq, hkv, scale, scale * 1.4426950408889634f,
-                    c.causal, c.seed, c.offset, thr, inv_keep, on);
+                    c.causal, c.seed, c.offset, thr, inv_keep, on,
+                    ptr_or_null(mma == 3 ? seeds_t2 : seeds_t));
             });
             launch({4, 1, 1}, 128, [&] { attention_dq_cast_bf16(acc.data(), dq.data(), (long long)acc.size()); });
         }
@@ -484,23 +523,25 @@ template <typename E> static void run(const Cfg& c, int mma) {
             if constexpr (std::is_same_v<E, bf16>)
                 attention_bwd_simple_dq_bf16(qe.data(), ke.data(), ve.data(), doe.data(), lse.data(),
                                              delta.data(), dq.data(), c.cu.data(), nseq, T, hq, hkv, d,
-                                             scale, c.causal, c.seed, c.offset, thr, inv_keep, on);
+                                             scale, c.causal, c.seed, c.offset, thr, inv_keep, on,
+                                             ptr_or_null(seeds_seq));
             else
                 attention_bwd_simple_dq_f32(qe.data(), ke.data(), ve.data(), doe.data(), lse.data(),
                                             delta.data(), dq.data(), c.cu.data(), nseq, T, hq, hkv, d,
-                                            scale, c.causal, c.seed, c.offset, thr, inv_keep, on);
+                                            scale, c.causal, c.seed, c.offset, thr, inv_keep, on,
+                                            ptr_or_null(seeds_seq));
         });
         launch(warps((long long)T * hkv), 128, [&] {
             if constexpr (std::is_same_v<E, bf16>)
                 attention_bwd_simple_dkv_bf16(qe.data(), ke.data(), ve.data(), doe.data(), lse.data(),
                                               delta.data(), dk.data(), dv.data(), c.cu.data(), nseq, T,
                                               hq, hkv, d, scale, c.causal, c.seed, c.offset, thr,
-                                              inv_keep, on);
+                                              inv_keep, on, ptr_or_null(seeds_seq));
             else
                 attention_bwd_simple_dkv_f32(qe.data(), ke.data(), ve.data(), doe.data(), lse.data(),
                                              delta.data(), dk.data(), dv.data(), c.cu.data(), nseq, T,
                                              hq, hkv, d, scale, c.causal, c.seed, c.offset, thr,
-                                             inv_keep, on);
+                                             inv_keep, on, ptr_or_null(seeds_seq));
         });
     }
     bool nan = false;
@@ -510,9 +551,10 @@ template <typename E> static void run(const Cfg& c, int mma) {
     const double e_v = rel_err(to_f32(dv), ref.dv, nan);
     const bool ok = !nan && e_o < bound && e_l < bound / 10 && e_q < bound && e_k < bound && e_v < bound;
     if (!ok) ++failures;
-    printf("%s %-6s T %4d hq %d hkv %d d %3d causal %d p %.1f: o %.1e lse %.1e dq %.1e dk %.1e dv %.1e%s %s\n",
+    printf("%s %-6s T %4d hq %d hkv %d d %3d causal %d p %.1f%s: o %.1e lse %.1e dq %.1e dk %.1e dv %.1e%s %s\n",
            mma == 0 ? "simple" : mma == 1 ? "mma v1" : mma == 2 ? "mma v2" : "mma v3", std::is_same_v<E, bf16> ? "bf16" : "f32", T, hq, hkv, d, c.causal,
-           c.p, e_o, e_l, e_q, e_k, e_v, nan ? " NaN" : "", ok ? "ok" : "FAIL");
+           c.p, c.keys.empty() ? "" : " keyed", e_o, e_l, e_q, e_k, e_v, nan ? " NaN" : "",
+           ok ? "ok" : "FAIL");
     fflush(stdout);
 }
 
@@ -527,6 +569,12 @@ int main(int argc, char** argv) {
             }
     Cfg drop{cu, 2, 1, 64, true, 0.1f};
     for (int version = 1; version <= 3; ++version) run<bf16>(drop, version);
+    // Per-sequence keys (an empty sequence among them in the full set).
+    for (bool causal : {true, false}) {
+        Cfg keyed{cu, 2, 1, 64, causal, 0.2f};
+        for (size_t b = 0; b + 1 < cu.size(); ++b) keyed.keys.push_back(1000 + 17 * b);
+        for (int version = 0; version <= 3; ++version) run<bf16>(keyed, version);
+    }
     std::vector<int> small{0, 1, 7, 40};
     for (bool causal : {true, false}) {
         Cfg c{small, 4, 2, 64, causal, 0.0f};
@@ -535,6 +583,9 @@ int main(int argc, char** argv) {
     }
     Cfg sd{small, 2, 1, 40, true, 0.1f};
     run<float>(sd, 0);
+    Cfg sk{small, 2, 1, 40, false, 0.2f};
+    sk.keys = {5, 6, 7};
+    run<float>(sk, 0);
     printf("%d failures\n", failures);
     return failures != 0;
 }

@@ -88,25 +88,24 @@ pub(crate) struct Dims {
     pub head_dim: usize,
 }
 
-/// Dropout as kernel arguments (seed, offset, keep threshold, 1/(1 − p), on).
+/// Dropout as kernel arguments (seed, offset, keep threshold, 1/(1 − p), on),
+/// and, with per-sequence keys, each sequence's keyed stream seed (the
+/// kernels take them per tile or per sequence: [`DropArgs::seeds_arg`]).
 struct DropArgs {
     seed: u64,
     offset: u64,
     thr: u64,
     inv_keep: f32,
     on: i32,
+    seq_seeds: Option<Vec<u64>>,
 }
 
 impl DropArgs {
-    fn new(opts: &AttentionOpts) -> Result<Self> {
-        let mask = opts.dropout.as_ref().filter(|m| m.p > 0.0);
-        if mask.is_some_and(|m| m.keys.is_some()) {
-            return Err(TensorError::invalid(
-                OP,
-                "per-sequence dropout keys are implemented on the CPU only".to_string(),
-            ));
-        }
-        Ok(match mask {
+    /// `opts`' mask; its keys (already checked by `ops::attention` to match
+    /// the call's `cu_seqlens`) become one seed per sequence, as
+    /// `cpu::attention`'s `Dropper::at`.
+    fn new(opts: &AttentionOpts) -> Self {
+        match opts.dropout.as_ref().filter(|m| m.p > 0.0) {
             Some(m) => Self {
                 seed: m.seed,
                 offset: m.offset,
@@ -114,6 +113,10 @@ impl DropArgs {
                 // As the CPU's f32 path: 1/(1 − p) in f64, then rounded.
                 inv_keep: (1.0 / (1.0 - m.p as f64)) as f32,
                 on: 1,
+                seq_seeds: m
+                    .keys
+                    .as_ref()
+                    .map(|k| (0..k.keys().len()).map(|s| k.seed(m.seed, s)).collect()),
             },
             None => Self {
                 seed: 0,
@@ -121,9 +124,41 @@ impl DropArgs {
                 thr: 0,
                 inv_keep: 1.0,
                 on: 0,
+                seq_seeds: None,
             },
-        })
+        }
     }
+
+    /// The kernels' `seeds` argument: null without keys; else uploaded
+    /// (kept alive in the returned buffer) per sequence (`tiles` None: the
+    /// simple kernels) or per tile of the host's (start, seq_start, seq_end)
+    /// table (the MMA kernels).
+    fn seeds_arg(
+        &self,
+        dev: &std::sync::Arc<cuda::CudaDevice>,
+        cu: &[u32],
+        tiles: Option<&[i32]>,
+    ) -> Result<(Option<cuda::DeviceBuffer>, u64)> {
+        let Some(seq) = &self.seq_seeds else {
+            return Ok((None, 0));
+        };
+        let seeds: Vec<u64> = match tiles {
+            None => seq.clone(),
+            Some(t) => t
+                .chunks(3)
+                .map(|tile| seq[seq_of(cu, tile[1] as u32)])
+                .collect(),
+        };
+        let buf = dev.upload(&seeds)?;
+        let ptr = buf.ptr();
+        Ok((Some(buf), ptr))
+    }
+}
+
+/// The sequence whose rows start at `s0` and are not empty: the last b with
+/// cu[b] <= s0 (empty sequences before it share its start).
+fn seq_of(cu: &[u32], s0: u32) -> usize {
+    cu.partition_point(|&c| c <= s0) - 1
 }
 
 /// Elements are bf16 or f32 and all tensors of a call share the dtype.
@@ -308,7 +343,7 @@ pub(crate) fn forward(
     if t == 0 {
         return Ok(AttentionOut { o, lse });
     }
-    let drop = DropArgs::new(opts)?;
+    let drop = DropArgs::new(opts);
     let (qp, kp, vp) = (
         q.cuda_ptr(OP, "q")?,
         k.cuda_ptr(OP, "k")?,
@@ -327,6 +362,7 @@ pub(crate) fn forward(
             let n_tiles = (tiles.len() / 3) as u32;
             let tiles_buf = dev.upload(&tiles)?;
             let tp = tiles_buf.ptr();
+            let (_seeds_buf, sp) = drop.seeds_arg(&dev, cu_seqlens, Some(&tiles))?;
             let f = dev.function(module, &name)?;
             allow_smem(&f, smem)?;
             let scale_log2 = opts.scale * std::f32::consts::LOG2_E;
@@ -338,12 +374,13 @@ pub(crate) fn forward(
                 .arg(&scale_log2)
                 .arg(&causal);
             b.arg(&drop.seed).arg(&drop.offset).arg(&drop.thr);
-            b.arg(&drop.inv_keep).arg(&drop.on);
+            b.arg(&drop.inv_keep).arg(&drop.on).arg(&sp);
             unsafe { b.launch(cuda::cfg((n_tiles, hq as u32, 1), THREADS, smem)) }
                 .map_err(cuda::launch_err(OP))?;
         }
         Kernel::Simple | Kernel::Auto => {
             let cu = dev.upload(&cu_i32(cu_seqlens))?;
+            let (_seeds_buf, sp) = drop.seeds_arg(&dev, cu_seqlens, None)?;
             let (cp, nseq) = (cu.ptr(), (cu_seqlens.len() - 1) as i32);
             let name = format!("attention_fwd_simple_{}", suffix(dtype));
             let f = dev.function(&modules::ATTENTION, &name)?;
@@ -362,7 +399,7 @@ pub(crate) fn forward(
                 .arg(&opts.scale)
                 .arg(&causal);
             b.arg(&drop.seed).arg(&drop.offset).arg(&drop.thr);
-            b.arg(&drop.inv_keep).arg(&drop.on);
+            b.arg(&drop.inv_keep).arg(&drop.on).arg(&sp);
             unsafe { b.launch(cuda::cfg(warp_grid(t * hq), THREADS, 0)) }
                 .map_err(cuda::launch_err(OP))?;
         }
@@ -405,7 +442,7 @@ pub(crate) fn backward(
         let dq = Tensor::empty(q.shape(), dtype, dev_of)?;
         return Ok(AttentionGrads { dq, dk, dv });
     }
-    let drop = DropArgs::new(opts)?;
+    let drop = DropArgs::new(opts);
     let ptr = |x: &Tensor, what| x.cuda_ptr(OP, what);
     let (qp, kp, vp) = (ptr(q, "q")?, ptr(k, "k")?, ptr(v, "v")?);
     let (dop, opp, lp) = (ptr(dout, "dout")?, ptr(o, "o")?, ptr(lse, "lse")?);
@@ -443,6 +480,7 @@ pub(crate) fn backward(
             let n_tiles = (tiles.len() / 3) as u32;
             let tiles_buf = dev.upload(&tiles)?;
             let tp = tiles_buf.ptr();
+            let (_seeds_buf, sp) = drop.seeds_arg(&dev, cu_seqlens, Some(&tiles))?;
             let acc = Tensor::try_zeros(q.shape(), DType::F32, dev_of)?;
             let accp = ptr(&acc, "dq accumulator")?;
 
@@ -465,7 +503,7 @@ pub(crate) fn backward(
                 .arg(&hkv32);
             b.arg(&opts.scale).arg(&scale_log2).arg(&causal);
             b.arg(&drop.seed).arg(&drop.offset).arg(&drop.thr);
-            b.arg(&drop.inv_keep).arg(&drop.on);
+            b.arg(&drop.inv_keep).arg(&drop.on).arg(&sp);
             unsafe { b.launch(cuda::cfg((n_tiles, hkv as u32, 1), threads, smem)) }
                 .map_err(cuda::launch_err(OP))?;
 
@@ -481,6 +519,7 @@ pub(crate) fn backward(
         }
         Kernel::Simple | Kernel::Auto => {
             let cu = dev.upload(&cu_i32(cu_seqlens))?;
+            let (_seeds_buf, sp) = drop.seeds_arg(&dev, cu_seqlens, None)?;
             let (cp, nseq) = (cu.ptr(), (cu_seqlens.len() - 1) as i32);
             let dq = Tensor::empty(q.shape(), dtype, dev_of)?;
             let dqp = ptr(&dq, "dq")?;
@@ -505,7 +544,7 @@ pub(crate) fn backward(
                 .arg(&d32);
             b.arg(&opts.scale).arg(&causal);
             b.arg(&drop.seed).arg(&drop.offset).arg(&drop.thr);
-            b.arg(&drop.inv_keep).arg(&drop.on);
+            b.arg(&drop.inv_keep).arg(&drop.on).arg(&sp);
             unsafe { b.launch(cuda::cfg(warp_grid(t * hq), THREADS, 0)) }
                 .map_err(cuda::launch_err(OP))?;
             let f = dev.function(
@@ -529,7 +568,7 @@ pub(crate) fn backward(
                 .arg(&d32);
             b.arg(&opts.scale).arg(&causal);
             b.arg(&drop.seed).arg(&drop.offset).arg(&drop.thr);
-            b.arg(&drop.inv_keep).arg(&drop.on);
+            b.arg(&drop.inv_keep).arg(&drop.on).arg(&sp);
             unsafe { b.launch(cuda::cfg(warp_grid(t * hkv), THREADS, 0)) }
                 .map_err(cuda::launch_err(OP))?;
             dq

@@ -12,7 +12,7 @@ use crate::common;
 use llm2comp_tensor::ops::attention::{
     self, AttentionKernel, AttentionOpts, backward_with, forward_with,
 };
-use llm2comp_tensor::ops::dropout::DropoutMask;
+use llm2comp_tensor::ops::dropout::{self, DropoutMask};
 use llm2comp_tensor::{DType, Device, Tensor};
 
 const LENS: &[usize] = &[1, 7, 129, 512, 2049];
@@ -229,6 +229,26 @@ fn attention_bf16_dropout_drops_what_the_cpu_drops() {
         dropout,
         dtype: DType::BF16,
     }];
+    check(&cases, ALL_KERNELS);
+}
+
+/// Per-sequence dropout keys (a packed contrastive batch): each sequence draws
+/// its own stream, indexed from its first token, as the CPU's `Dropper::at`.
+#[test]
+fn attention_bf16_keyed_dropout_drops_what_the_cpu_drops() {
+    let cu = cu_of(LENS);
+    let keys: Vec<u64> = (0..LENS.len() as u64).map(|b| 40 + 3 * b).collect();
+    let mask = DropoutMask::new(0.2, 0x5eed, 777)
+        .with_keys(Some(dropout::SeqKeys::new(&cu, &keys).unwrap()));
+    let cases = [true, false].map(|causal| Case {
+        lens: LENS,
+        hq: 4,
+        hkv: 2,
+        d: 64,
+        causal,
+        dropout: Some(mask.clone()),
+        dtype: DType::BF16,
+    });
     check(&cases, ALL_KERNELS);
 }
 
