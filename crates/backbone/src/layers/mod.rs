@@ -15,8 +15,10 @@
 //! step of inference goes through tensor ops (the bias broadcast is
 //! `matmul::add_bias`, the memory-row gather `Tensor::copy_rows`), so a CUDA
 //! model runs on CUDA end to end, in f32 or bf16 (norm weights stay f32).
-//! Training (backward, LoRA side paths and merges) still touches host slices
-//! and refuses CUDA tensors with an error.
+//! Backward runs on CUDA too (the compression step trains there: bf16 frozen
+//! weights, f32 LoRA and memory-row masters cast per use); what still needs
+//! host slices refuses CUDA tensors with an error naming it (the embedding
+//! table's own gradient, `--train-embeddings all`).
 //!
 //! [`Transformer::to_device`]: transformer::Transformer::to_device
 

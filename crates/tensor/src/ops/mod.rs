@@ -1,8 +1,8 @@
 //! The op families, each with `forward` and `backward` on [`Tensor`]s.
 //!
 //! Each file validates shapes, dtypes and devices, then dispatches to the
-//! backend kernel of the same name (`cpu/<family>.rs`; `cuda/<family>.rs`
-//! when the CUDA backend lands). Callers never see the backend.
+//! backend of the same name (`cpu/<family>.rs` or `cuda/<family>.rs`, by the
+//! tensors' device). Callers never see the backend.
 //!
 //! Gradient convention (as llm.c): activation gradients are returned fresh;
 //! parameter gradients are *added* into a caller-owned buffer passed as
