@@ -10,6 +10,7 @@
 //! models written back as Hugging Face directories ([`export`]).
 
 pub mod adapter;
+pub mod atomic;
 mod config;
 mod config_sizes;
 mod dequant;

@@ -84,6 +84,9 @@ pub enum TrainError {
         /// The newest checkpoint of this run, if any.
         last_checkpoint: Option<PathBuf>,
     },
+    /// Writing, renaming or syncing a file failed (`llm2comp_backbone::atomic`).
+    #[error(transparent)]
+    Fs(#[from] llm2comp_backbone::atomic::FsError),
     /// A tensor operation failed.
     #[error(transparent)]
     Tensor(#[from] llm2comp_tensor::TensorError),
