@@ -10,6 +10,7 @@ mod error;
 pub mod metrics;
 mod optimizer;
 pub mod progress;
+mod resume_check;
 mod schedule;
 pub mod svg;
 pub mod testing;

@@ -20,6 +20,7 @@ use serde_json::{Map, Value, json};
 use crate::checkpoint::{self, CHECKPOINTS_DIR, FORMAT_VERSION, PendingCheckpoint, TrainerState};
 use crate::metrics::{METRICS_FILE, MetricsWriter, StepMetrics};
 use crate::progress::Progress;
+use crate::resume_check;
 use crate::svg::write_loss_svg;
 use crate::{Optimizer, Result, Schedule, TrainError};
 
@@ -238,6 +239,7 @@ fn fresh_start(cfg: &TrainConfig) -> Result<Start> {
 fn resume_start<T: Task>(task: &mut T, cfg: &TrainConfig, from: &Path) -> Result<Start> {
     let dir = checkpoint::resolve(from)?;
     let ck = checkpoint::load(&dir)?;
+    resume_check::check_step(&dir, &ck.state)?;
     let json_path = dir.join(checkpoint::TRAINER_FILE);
     let st_path = dir.join(checkpoint::STATE_FILE);
     let diffs = checkpoint::config_diff(
@@ -316,6 +318,7 @@ fn resume_start<T: Task>(task: &mut T, cfg: &TrainConfig, from: &Path) -> Result
             }
         }
     }
+    resume_check::check_moments(&st_path, ck.state.step, shapes.keys(), &tensors)?;
     let mut optimizer = Optimizer::new(cfg.adamw);
     optimizer
         .load_state(ck.state.optimizer_t, tensors)
