@@ -273,7 +273,8 @@ fn check_exportable(model: &Transformer, meta: Option<&AdapterMeta>, out: &Path)
 /// Writes `model` (LoRA already merged), its tokenizer with the memory tokens
 /// added, and `meta` (marked merged) as a Hugging Face directory `out` in
 /// `dtype` (f32 or bf16). A non-empty existing `out` is replaced only with
-/// `overwrite`; the directory appears whole or not at all.
+/// `overwrite`, and only when it is an earlier export (`export_replace`);
+/// the directory appears whole or not at all.
 pub fn write_hf_dir(
     out: &Path,
     model: &Transformer,
@@ -298,8 +299,11 @@ pub fn write_hf_dir(
             if !empty && !overwrite {
                 return Err(invalid(
                     out,
-                    "exists and is not empty (pass --force to replace it)",
+                    "exists and is not empty (pass --force to replace an earlier merge output)",
                 ));
+            }
+            if !empty {
+                crate::export_replace::check_replaceable(out)?;
             }
             true
         }

@@ -17,6 +17,7 @@ mod dequant;
 pub mod embedder;
 mod error;
 pub mod export;
+mod export_replace;
 mod finite;
 mod gguf;
 mod gguf_config;
