@@ -299,7 +299,9 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
                 .map(|(_, p)| p.display().to_string())
                 .collect();
             if names.is_empty() {
-                "it holds no checkpoint yet".to_string()
+                "it holds no checkpoint yet (the run stopped before its first one); run the same \
+                 command without --resume to start over"
+                    .to_string()
             } else {
                 format!(
                     "pass one of these checkpoint directories: {}",

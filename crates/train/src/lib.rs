@@ -11,6 +11,7 @@ pub mod metrics;
 mod optimizer;
 pub mod progress;
 mod resume_check;
+pub mod run_dir;
 mod schedule;
 pub mod svg;
 pub mod testing;
