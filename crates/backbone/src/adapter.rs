@@ -355,25 +355,9 @@ impl AdapterMeta {
     }
 }
 
-/// Writes `bytes` to `dir/name` through a temporary file in `dir` and a rename.
+/// Writes `bytes` to `dir/name` atomically and exclusively ([`crate::atomic`]).
 pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    write_atomic_with(dir, name, |tmp| std::fs::write(tmp, bytes).map_err(io(tmp)))
-}
-
-/// Runs `write` on a temporary path in `dir`, then renames it to `dir/name`;
-/// on error the temporary file is removed.
-pub(crate) fn write_atomic_with(
-    dir: &Path,
-    name: &str,
-    write: impl FnOnce(&Path) -> Result<()>,
-) -> Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let dst = dir.join(name);
-    let r = write(&tmp).and_then(|()| std::fs::rename(&tmp, &dst).map_err(io(&dst)));
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r
+    Ok(crate::atomic::write_atomic(&dir.join(name), bytes)?)
 }
 
 /// A tensor as little-endian f32 bytes on the host.

@@ -14,6 +14,9 @@ pub enum BackboneError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// Writing, renaming or syncing a file or directory failed.
+    #[error(transparent)]
+    Fs(#[from] crate::atomic::FsError),
     /// The file is readable but its content is malformed or inconsistent.
     #[error("{}: {msg}", path.display())]
     Invalid {

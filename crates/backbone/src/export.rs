@@ -17,7 +17,7 @@
 //! copy of the whole model in memory).
 
 use std::borrow::Cow;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use llm2comp_tensor::{DType, Device};
 use safetensors::tensor::View;
@@ -273,7 +273,8 @@ fn check_exportable(model: &Transformer, meta: Option<&AdapterMeta>, out: &Path)
 /// Writes `model` (LoRA already merged), its tokenizer with the memory tokens
 /// added, and `meta` (marked merged) as a Hugging Face directory `out` in
 /// `dtype` (f32 or bf16). A non-empty existing `out` is replaced only with
-/// `overwrite`; the directory appears whole or not at all.
+/// `overwrite`, and only when it is an earlier export (`export_replace`);
+/// the directory appears whole or not at all.
 pub fn write_hf_dir(
     out: &Path,
     model: &Transformer,
@@ -298,8 +299,11 @@ pub fn write_hf_dir(
             if !empty && !overwrite {
                 return Err(invalid(
                     out,
-                    "exists and is not empty (pass --force to replace it)",
+                    "exists and is not empty (pass --force to replace an earlier merge output)",
                 ));
+            }
+            if !empty {
+                crate::export_replace::check_replaceable(out)?;
             }
             true
         }
@@ -311,28 +315,27 @@ pub fn write_hf_dir(
         .ok_or_else(|| invalid(out, "the output path has no directory name"))?
         .to_string_lossy()
         .into_owned();
-    let sibling = |tag: &str| -> PathBuf {
-        out.with_file_name(format!("{name}.{tag}-{}", std::process::id()))
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
     };
-    let tmp = sibling("tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-    }
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
-    }
-    std::fs::create_dir(&tmp).map_err(io(&tmp))?;
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    // A fresh, exclusively created sibling: nothing planted there is followed or reused.
+    let tmp = crate::atomic::create_temp_dir(parent, &name)?;
     let written = write_files(&tmp, model, tokenizer, meta, dtype, out).and_then(|()| {
+        crate::atomic::fsync_tree(&tmp)?;
         if existing {
             // Move the old directory aside first: rename cannot replace a
             // non-empty directory, and the old one stays whole until the new
             // one is in place.
-            let old = sibling("old");
+            let old = crate::atomic::create_temp_dir(parent, &format!("{name}.old"))?;
             std::fs::rename(out, &old).map_err(io(out))?;
             std::fs::rename(&tmp, out).map_err(io(out))?;
+            crate::atomic::fsync_dir(parent)?;
             std::fs::remove_dir_all(&old).map_err(io(&old))
         } else {
-            std::fs::rename(&tmp, out).map_err(io(out))
+            std::fs::rename(&tmp, out).map_err(io(out))?;
+            Ok(crate::atomic::fsync_dir(parent)?)
         }
     });
     if written.is_err() && tmp.exists() {

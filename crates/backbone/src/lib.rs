@@ -10,12 +10,14 @@
 //! models written back as Hugging Face directories ([`export`]).
 
 pub mod adapter;
+pub mod atomic;
 mod config;
 mod config_sizes;
 mod dequant;
 pub mod embedder;
 mod error;
 pub mod export;
+mod export_replace;
 mod finite;
 mod gguf;
 mod gguf_config;

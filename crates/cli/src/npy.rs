@@ -9,7 +9,6 @@
 //! target and renamed, so an interrupted run never leaves a truncated file
 //! that looks complete.
 
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -37,19 +36,11 @@ pub fn npy_bytes(data: &[f32], shape: &[usize]) -> Vec<u8> {
     out
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename.
+/// Writes `bytes` to `path` atomically, through an exclusively created
+/// temporary file and a rename (`llm2comp_backbone::atomic`).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let file_name = path
-        .file_name()
-        .with_context(|| format!("{}: not a file path", path.display()))?;
-    let tmp = path.with_file_name(format!(".{}.tmp", file_name.to_string_lossy()));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().with_context(|| format!("writing {}", path.display()))
+    llm2comp_backbone::atomic::write_atomic(path, bytes)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// The output layouts `llm2comp embed` writes.

@@ -220,6 +220,7 @@ fn merge_and_embed_refuse_bad_combinations() {
     let e = stderr(&merge(false));
     assert!(e.contains("not empty") && e.contains("--force"), "{e}");
     ok(&merge(true));
+    force_replaces_only_an_earlier_merge(&merged, &merge);
     let passages = base.join("passages.txt");
     let out = dir.join("x.npy");
     let embed = |extra: &[&str]| {
@@ -337,4 +338,38 @@ fn merge_a_gguf_base_and_embed_with_bos() {
     let e = rel_err(&vb, &va);
     assert!(e < 1e-4, "merged vs adapter on SmolLM2: {e:e}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `merge --force` replaces an earlier merge output only: a directory of
+/// other files, or a merge output a user added files to, is refused and
+/// left as it was (it used to be deleted whole).
+fn force_replaces_only_an_earlier_merge(
+    merged: &Path,
+    merge: &dyn Fn(bool) -> std::process::Output,
+) {
+    let notes = merged.join("notes.txt");
+    std::fs::write(&notes, "mine").unwrap();
+    let e = stderr(&merge(true));
+    assert!(
+        e.contains("holds files a merge does not write (notes.txt)")
+            && e.contains("--force replaces only an earlier merge output"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "mine");
+    std::fs::remove_file(&notes).unwrap();
+    // A directory that is not a merge output at all (no merged marker).
+    let meta_path = merged.join("llm2comp.json");
+    let meta = std::fs::read_to_string(&meta_path).unwrap();
+    std::fs::write(
+        &meta_path,
+        meta.replace("\"merged\": true", "\"merged\": false"),
+    )
+    .unwrap();
+    let e = stderr(&merge(true));
+    assert!(
+        e.contains("is not a merged model directory (no llm2comp.json saying \"merged\": true)"),
+        "{e}"
+    );
+    std::fs::write(&meta_path, meta).unwrap();
+    ok(&merge(true));
 }

@@ -397,6 +397,77 @@ fn contrast_refuses_bad_settings_and_data_clearly() {
         "{}",
         stderr(&o)
     );
+    // --out: a directory of other files is refused, not mixed into.
+    let mine = tmp.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::write(mine.join("notes.txt"), "keep").unwrap();
+    let o = contrast(&model, &pre, &mine, "unsup", &data, &["--steps", "1"]);
+    assert!(
+        !o.status.success()
+            && stderr(&o).contains("is not an llm2comp training run (it holds notes.txt)"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn pretrain_out_is_its_own_locked_and_restartable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = (model_dir(tmp.path()), data(tmp.path()));
+    // A directory of a user's files: refused, untouched.
+    let mine = tmp.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::write(mine.join("notes.txt"), "keep").unwrap();
+    let o = pretrain(&model, &data, &mine, &["--steps", "1"]);
+    let e = stderr(&o);
+    assert!(
+        !o.status.success()
+            && e.contains(&format!(
+                "{} is not empty and is not an llm2comp training run (it holds notes.txt); \
+                 choose an empty or new output directory",
+                mine.display()
+            )),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(mine.join("notes.txt")).unwrap(),
+        "keep"
+    );
+
+    // Another process (this test) holds the run lock: refused, naming the directory and pid.
+    let run = tmp.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    let lock = llm2comp_train::run_dir::RunLock::acquire(&run).unwrap();
+    let o = pretrain(&model, &data, &run, &["--steps", "1"]);
+    let e = stderr(&o);
+    assert!(
+        !o.status.success()
+            && e.contains(&format!(
+                "{} is in use by another training run (pid {})",
+                run.display(),
+                std::process::id()
+            )),
+        "{e}"
+    );
+    drop(lock);
+
+    // Killed before its first checkpoint (metrics lines, a half-built checkpoint, the dead
+    // run's lock file): --resume has nothing to resume and says so; a fresh start runs.
+    std::fs::create_dir_all(run.join("checkpoints/.tmp-step-00000004-4242")).unwrap();
+    std::fs::write(run.join("metrics.jsonl"), "{\"step\":1,\"loss\":9.0}\n").unwrap();
+    let run_s = run.to_str().unwrap();
+    let o = pretrain(&model, &data, &run, &["--steps", "2", "--resume", run_s]);
+    let e = stderr(&o);
+    assert!(
+        !o.status.success()
+            && e.contains("it holds no checkpoint yet")
+            && e.contains("without --resume to start over"),
+        "{e}"
+    );
+    let o = pretrain(&model, &data, &run, &["--steps", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(losses(&run).len(), 2);
+    assert!(run.join("checkpoints/latest").is_file());
 }
 
 #[test]

@@ -15,9 +15,9 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use llm2comp_backbone::atomic;
 use llm2comp_tensor::{DType, Device, Tensor};
 use safetensors::{Dtype, SafeTensors, View};
 use serde::{Deserialize, Serialize};
@@ -36,7 +36,8 @@ pub const TRAINER_FILE: &str = "trainer.json";
 /// Version of the checkpoint layout written by this crate.
 pub const FORMAT_VERSION: u32 = 1;
 
-const TMP_PREFIX: &str = ".tmp-";
+/// Temporary names start like `atomic`'s, so one sweep removes both kinds of leftovers.
+const TMP_PREFIX: &str = atomic::TMP_PREFIX;
 const STEP_PREFIX: &str = "step-";
 
 /// The contents of `trainer.json`.
@@ -88,38 +89,18 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Train
 }
 
 fn fsync(path: &Path) -> Result<()> {
-    fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(io("fsync", path))
+    Ok(atomic::fsync_dir(path)?)
 }
 
 /// fsyncs every file under `dir`, then the directories, deepest first.
 fn fsync_tree(dir: &Path) -> Result<()> {
-    for entry in fs::read_dir(dir).map_err(io("list", dir))? {
-        let path = entry.map_err(io("list", dir))?.path();
-        if path.is_dir() {
-            fsync_tree(&path)?;
-        } else {
-            fsync(&path)?;
-        }
-    }
-    fsync(dir)
+    Ok(atomic::fsync_tree(dir)?)
 }
 
-/// Writes `bytes` to `path` through a temp file and a rename, so readers see the old or the new file.
+/// Writes `bytes` to `path` through an exclusively created temp file and a rename, so readers
+/// see the old or the new file (`llm2comp_backbone::atomic`).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let parent = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map_or("file".into(), |n| n.to_string_lossy());
-    let tmp = parent.join(format!("{TMP_PREFIX}{name}-{}", std::process::id()));
-    let mut f = fs::File::create(&tmp).map_err(io("create", &tmp))?;
-    f.write_all(bytes).map_err(io("write", &tmp))?;
-    f.sync_all().map_err(io("fsync", &tmp))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(io("rename into place", path))?;
-    // The rename itself must survive a crash too.
-    fsync(parent)
+    Ok(atomic::write_atomic(path, bytes)?)
 }
 
 /// A tensor as safetensors sees it: f32 little-endian bytes made on demand, so
@@ -318,7 +299,9 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
                 .map(|(_, p)| p.display().to_string())
                 .collect();
             if names.is_empty() {
-                "it holds no checkpoint yet".to_string()
+                "it holds no checkpoint yet (the run stopped before its first one); run the same \
+                 command without --resume to start over"
+                    .to_string()
             } else {
                 format!(
                     "pass one of these checkpoint directories: {}",

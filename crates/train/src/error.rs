@@ -52,6 +52,30 @@ pub enum TrainError {
         /// What was found there.
         found: String,
     },
+    /// Another process holds the output directory's run lock.
+    #[error(
+        "{} is in use by another training run ({holder}); wait for it to finish or stop it \
+         (two runs writing one directory would corrupt it)",
+        dir.display()
+    )]
+    RunLocked {
+        /// The output directory.
+        dir: PathBuf,
+        /// Who holds it (`pid N`).
+        holder: String,
+    },
+    /// The output directory holds files that are not this tool's run files.
+    #[error(
+        "{} is not empty and is not an llm2comp training run (it holds {found}); \
+         choose an empty or new output directory",
+        dir.display()
+    )]
+    NotARunDir {
+        /// The output directory.
+        dir: PathBuf,
+        /// The entries that are not run files.
+        found: String,
+    },
     /// metrics.jsonl could not be parsed.
     #[error("metrics file {}: {msg}", path.display())]
     Metrics {
@@ -84,6 +108,9 @@ pub enum TrainError {
         /// The newest checkpoint of this run, if any.
         last_checkpoint: Option<PathBuf>,
     },
+    /// Writing, renaming or syncing a file failed (`llm2comp_backbone::atomic`).
+    #[error(transparent)]
+    Fs(#[from] llm2comp_backbone::atomic::FsError),
     /// A tensor operation failed.
     #[error(transparent)]
     Tensor(#[from] llm2comp_tensor::TensorError),

@@ -10,6 +10,8 @@ mod error;
 pub mod metrics;
 mod optimizer;
 pub mod progress;
+mod resume_check;
+pub mod run_dir;
 mod schedule;
 pub mod svg;
 pub mod testing;

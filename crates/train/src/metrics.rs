@@ -67,7 +67,19 @@ impl MetricsWriter {
     /// Starts an empty metrics file in `out_dir` (replacing any).
     pub fn create(out_dir: &Path) -> Result<Self> {
         let path = out_dir.join(METRICS_FILE);
-        let file = fs::File::create(&path).map_err(|e| TrainError::io("create", &path, e))?;
+        // Removed and created anew (create_new), so a symlink planted under the name is
+        // replaced, not written through.
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(TrainError::io("replace", &path, e));
+            }
+            _ => {}
+        }
+        let file = fs::OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| TrainError::io("create", &path, e))?;
         Ok(Self {
             path,
             file,

@@ -17,9 +17,11 @@ use llm2comp_tensor::ops::adamw::AdamWConfig;
 use llm2comp_tensor::ops::grad_clip::{clip_grad_norm, global_norm};
 use serde_json::{Map, Value, json};
 
-use crate::checkpoint::{self, CHECKPOINTS_DIR, FORMAT_VERSION, PendingCheckpoint, TrainerState};
-use crate::metrics::{METRICS_FILE, MetricsWriter, StepMetrics};
+use crate::checkpoint::{self, FORMAT_VERSION, PendingCheckpoint, TrainerState};
+use crate::metrics::{MetricsWriter, StepMetrics};
 use crate::progress::Progress;
+use crate::resume_check;
+use crate::run_dir::{self, RunLock};
 use crate::svg::write_loss_svg;
 use crate::{Optimizer, Result, Schedule, TrainError};
 
@@ -211,24 +213,11 @@ fn stored_config<T: Task>(task: &T, cfg: &TrainConfig) -> Value {
 }
 
 fn fresh_start(cfg: &TrainConfig) -> Result<Start> {
-    let out = &cfg.out_dir;
-    let mut found = Vec::new();
-    if out.join(CHECKPOINTS_DIR).exists() {
-        found.push(format!("{CHECKPOINTS_DIR}/"));
-    }
-    if out.join(METRICS_FILE).exists() {
-        found.push(METRICS_FILE.to_string());
-    }
-    if !found.is_empty() {
-        return Err(TrainError::RunExists {
-            dir: out.clone(),
-            found: found.join(", "),
-        });
-    }
+    run_dir::check_fresh(&cfg.out_dir)?;
     Ok(Start {
         step: 0,
         optimizer: Optimizer::new(cfg.adamw),
-        metrics: MetricsWriter::create(out)?,
+        metrics: MetricsWriter::create(&cfg.out_dir)?,
         losses: Vec::new(),
         elapsed_before: 0.0,
         last_checkpoint: None,
@@ -238,6 +227,7 @@ fn fresh_start(cfg: &TrainConfig) -> Result<Start> {
 fn resume_start<T: Task>(task: &mut T, cfg: &TrainConfig, from: &Path) -> Result<Start> {
     let dir = checkpoint::resolve(from)?;
     let ck = checkpoint::load(&dir)?;
+    resume_check::check_step(&dir, &ck.state)?;
     let json_path = dir.join(checkpoint::TRAINER_FILE);
     let st_path = dir.join(checkpoint::STATE_FILE);
     let diffs = checkpoint::config_diff(
@@ -316,6 +306,7 @@ fn resume_start<T: Task>(task: &mut T, cfg: &TrainConfig, from: &Path) -> Result
             }
         }
     }
+    resume_check::check_moments(&st_path, ck.state.step, shapes.keys(), &tensors)?;
     let mut optimizer = Optimizer::new(cfg.adamw);
     optimizer
         .load_state(ck.state.optimizer_t, tensors)
@@ -407,6 +398,12 @@ pub fn train<T: Task>(
     cfg.validate()?;
     let t_start = Instant::now();
     std::fs::create_dir_all(&cfg.out_dir).map_err(|e| TrainError::io("create", &cfg.out_dir, e))?;
+    // Held until this function returns; the OS drops it if the process dies.
+    let _lock = RunLock::acquire(&cfg.out_dir)?;
+    let restarted = match resume {
+        None => run_dir::leftovers(&cfg.out_dir),
+        Some(_) => Vec::new(),
+    };
     let Start {
         step: first,
         mut optimizer,
@@ -421,6 +418,15 @@ pub fn train<T: Task>(
     let mut progress = Progress::new(cfg.steps, first, cfg.progress, cfg.log_every);
     if let Some(dir) = &last_checkpoint {
         progress.println(&format!("resumed from {} (step {first})", dir.display()));
+    }
+    if !restarted.is_empty() {
+        let names: Vec<String> = restarted.iter().map(|p| p.display().to_string()).collect();
+        progress.println(&format!(
+            "starting over: {} holds no checkpoint (a run stopped before its first one); \
+             replacing {}",
+            cfg.out_dir.display(),
+            names.join(", ")
+        ));
     }
     let svg_path = cfg.out_dir.join(LOSS_SVG);
     let title = format!("training loss ({})", cfg.out_dir.display());

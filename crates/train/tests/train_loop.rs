@@ -438,3 +438,82 @@ fn loss_svg_plots_every_step() {
     let pts = &pts[..pts.find('"').unwrap()];
     assert_eq!(pts.split(' ').count(), 7);
 }
+
+/// Rewrites a checkpoint's state.safetensors without the tensors `drop`.
+fn drop_tensors(ck: &Path, drop: &[&str]) {
+    let loaded = llm2comp_train::checkpoint::load(ck).unwrap();
+    let kept: Vec<(String, Vec<usize>, Vec<u8>)> = loaded
+        .tensors
+        .iter()
+        .filter(|(n, _)| !drop.contains(&n.as_str()))
+        .map(|(n, t)| {
+            let bytes = t
+                .to_vec_f32()
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect();
+            (n.clone(), t.shape().to_vec(), bytes)
+        })
+        .collect();
+    assert_eq!(
+        kept.len() + drop.len(),
+        loaded.tensors.len(),
+        "{drop:?} were there"
+    );
+    let views = kept.iter().map(|(n, s, b)| {
+        let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b);
+        (n.clone(), v.unwrap())
+    });
+    fs::write(
+        ck.join(STATE_FILE),
+        safetensors::tensor::serialize(views, None).unwrap(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn resume_refuses_missing_moments_and_steps_that_disagree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    train(&mut Toy::new(1, 4, 1), &cfg(&out, 4, 1), None).unwrap();
+
+    // Missing moments (both of a parameter) used to restart its AdamW state from zero.
+    let ck4 = ckpt(&out, 4);
+    let saved = fs::read(ck4.join(STATE_FILE)).unwrap();
+    drop_tensors(&ck4, &["m.toy.b", "v.toy.b"]);
+    let err = train(&mut Toy::new(1, 4, 1), &cfg(&out, 6, 1), Some(&out))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("state.safetensors")
+            && err.contains("no AdamW moment `m.toy.b` for parameter `toy.b`"),
+        "{err}"
+    );
+    fs::write(ck4.join(STATE_FILE), &saved).unwrap();
+
+    // trainer.json's step against the directory, and against the optimiser's t.
+    let json_path = ck4.join("trainer.json");
+    let original = fs::read_to_string(&json_path).unwrap();
+    let mut v: Value = serde_json::from_str(&original).unwrap();
+    v["step"] = json!(3);
+    fs::write(&json_path, v.to_string()).unwrap();
+    let err = train(&mut Toy::new(1, 4, 1), &cfg(&out, 6, 1), Some(&out))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("trainer.json")
+            && err.contains("says step 3, but its directory is the checkpoint of step 4"),
+        "{err}"
+    );
+    let mut v: Value = serde_json::from_str(&original).unwrap();
+    v["optimizer_t"] = json!(2);
+    fs::write(&json_path, v.to_string()).unwrap();
+    let err = train(&mut Toy::new(1, 4, 1), &cfg(&out, 6, 1), Some(&out))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("says step 4 but optimizer_t 2"), "{err}");
+
+    // Restored, the same checkpoint resumes.
+    fs::write(&json_path, &original).unwrap();
+    train(&mut Toy::new(1, 4, 1), &cfg(&out, 6, 1), Some(&out)).unwrap();
+}
