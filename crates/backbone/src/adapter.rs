@@ -18,6 +18,7 @@ use llm2comp_tensor::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::adapter_swap;
 use crate::layers::lora::{Lora, LoraConfig, LoraTarget};
 use crate::{BackboneError, Result, SafetensorsFiles, Transformer};
 
@@ -134,6 +135,11 @@ pub struct AdapterMeta {
     /// memory rows appended to the vocabulary); false in an adapter directory.
     #[serde(default)]
     pub merged: bool,
+    /// Which save wrote this directory; every safetensors file of that save
+    /// carries the same id, so a directory mixing two saves is refused
+    /// (`adapter_swap`). Absent in adapters saved before ids existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_id: Option<String>,
 }
 
 fn invalid(path: &Path, msg: impl Into<String>) -> BackboneError {
@@ -230,6 +236,7 @@ impl AdapterMeta {
             hidden_size: model.embedding().hidden(),
             vocab_size: v,
             merged: false,
+            export_id: None,
         }
     }
 
@@ -377,6 +384,7 @@ fn write_f32_safetensors(
     dir: &Path,
     name: &str,
     tensors: &[(String, Vec<usize>, Vec<u8>)],
+    export_id: &str,
 ) -> Result<()> {
     let path = dir.join(name);
     let views = tensors
@@ -387,8 +395,7 @@ fn write_f32_safetensors(
                 .map_err(|e| invalid(&path, format!("tensor `{n}`: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    // transformers and PEFT expect the PyTorch format tag.
-    let info = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    let info = adapter_swap::file_metadata(export_id);
     let bytes = safetensors::tensor::serialize(views, Some(info))
         .map_err(|e| invalid(&path, format!("serialising: {e}")))?;
     write_atomic(dir, name, &bytes)
@@ -484,7 +491,39 @@ pub fn save_adapter(dir: &Path, model: &Transformer, meta: &AdapterMeta) -> Resu
         ));
     }
     std::fs::create_dir_all(dir).map_err(io(dir))?;
+    // Every file goes into a fresh directory first and is renamed in with the meta last
+    // (adapter_swap): a kill mid-save leaves the old adapter, or files whose ids disagree.
+    let tmp = crate::atomic::create_temp_dir(dir, "adapter")?;
+    let meta = AdapterMeta {
+        export_id: Some(adapter_swap::new_export_id()),
+        ..meta.clone()
+    };
+    let written = write_adapter_files(&tmp, model, &meta).and_then(|names| {
+        let stale: &[&str] = match meta.train_embeddings {
+            // A table left from an earlier save would contradict this meta.
+            TrainEmbeddings::Memory => &[EMBED_FILE],
+            TrainEmbeddings::All => &[],
+        };
+        adapter_swap::publish(&tmp, dir, &names, stale)
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    written
+}
 
+/// Writes the adapter's files into the empty directory `dir`; returns their
+/// names in publishing order (the meta last).
+fn write_adapter_files(
+    dir: &Path,
+    model: &Transformer,
+    meta: &AdapterMeta,
+) -> Result<Vec<&'static str>> {
+    let id = meta.export_id.as_deref().unwrap_or_default();
+    let rows = model
+        .embedding()
+        .extra()
+        .ok_or_else(|| invalid(dir, "the model has no memory-token rows to save"))?;
     // CAUSAL_LM: PEFT then wraps a *ForCausalLM, whose state-dict keys are
     // exactly ours (`base_model.model.model.layers...`); FEATURE_EXTRACTION
     // would wrap the bare model and expect `base_model.model.layers...`.
@@ -514,34 +553,36 @@ pub fn save_adapter(dir: &Path, model: &Transformer, meta: &AdapterMeta) -> Resu
             }
         }
     }
-    write_f32_safetensors(dir, PEFT_WEIGHTS_FILE, &tensors)?;
+    write_f32_safetensors(dir, PEFT_WEIGHTS_FILE, &tensors, id)?;
     let mem = f32_bytes(rows, &dir.join(MEMORY_FILE), "memory_tokens")?;
     write_f32_safetensors(
         dir,
         MEMORY_FILE,
         &[("memory_tokens".into(), rows.shape().to_vec(), mem)],
+        id,
     )?;
     let embed_path = dir.join(EMBED_FILE);
+    let mut names = vec![PEFT_WEIGHTS_FILE, MEMORY_FILE];
     match meta.train_embeddings {
         TrainEmbeddings::All => {
+            names.push(EMBED_FILE);
             let table = model.embedding().table();
             let bytes = f32_bytes(table, &embed_path, "weight")?;
             write_f32_safetensors(
                 dir,
                 EMBED_FILE,
                 &[("weight".into(), table.shape().to_vec(), bytes)],
+                id,
             )?;
-        }
-        // A table left from an earlier save would contradict this meta.
-        TrainEmbeddings::Memory if embed_path.exists() => {
-            std::fs::remove_file(&embed_path).map_err(io(&embed_path))?;
         }
         TrainEmbeddings::Memory => {}
     }
     let pretty = |v: &Value| serde_json::to_string_pretty(v).expect("JSON values serialise") + "\n";
     write_atomic(dir, PEFT_CONFIG_FILE, pretty(&peft).as_bytes())?;
     let meta_json = serde_json::to_value(meta).expect("the meta serialises");
-    write_atomic(dir, META_FILE, pretty(&meta_json).as_bytes())
+    write_atomic(dir, META_FILE, pretty(&meta_json).as_bytes())?;
+    names.extend([PEFT_CONFIG_FILE, META_FILE]);
+    Ok(names)
 }
 
 /// `adapter_config.json`, checked against the meta: a LoRA of rank r, alpha
@@ -768,6 +809,11 @@ pub fn load_adapter(dir: &Path, model: &mut Transformer) -> Result<AdapterMeta> 
     let cfg = meta.lora_config(&meta_path)?;
     check_peft_config(&dir.join(PEFT_CONFIG_FILE), &meta)?;
 
+    let mut files = vec![dir.join(PEFT_WEIGHTS_FILE), dir.join(MEMORY_FILE)];
+    if meta.train_embeddings == TrainEmbeddings::All {
+        files.push(dir.join(EMBED_FILE));
+    }
+    adapter_swap::check_export_ids(&meta_path, meta.export_id.as_deref(), &files)?;
     let wpath = dir.join(PEFT_WEIGHTS_FILE);
     let loras = read_loras(&open_required(&wpath)?, &wpath, model, &cfg)?;
 

@@ -212,6 +212,8 @@ fn write_files(
     if let Some(m) = meta {
         let merged = AdapterMeta {
             merged: true,
+            // The id ties an adapter's files together; a merged directory has none of them.
+            export_id: None,
             ..m.clone()
         };
         let mpath = dir.join(META_FILE);

@@ -10,6 +10,7 @@
 //! models written back as Hugging Face directories ([`export`]).
 
 pub mod adapter;
+mod adapter_swap;
 pub mod atomic;
 mod config;
 mod config_sizes;

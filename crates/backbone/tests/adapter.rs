@@ -81,7 +81,15 @@ fn adapter_round_trip_is_bit_identical() {
             .add_lora(&lora_config(), 1)
             .unwrap();
         let got = load_adapter(&sub, &mut loaded).unwrap();
-        assert_eq!(got, meta);
+        // The save stamps its export id; everything else is the meta given.
+        assert!(got.export_id.is_some());
+        assert_eq!(
+            AdapterMeta {
+                export_id: None,
+                ..got
+            },
+            meta
+        );
         for (bm, bl) in m.blocks().iter().zip(loaded.blocks()) {
             for t in LoraTarget::ALL {
                 match (bm.linear(t).lora(), bl.linear(t).lora()) {
@@ -210,7 +218,15 @@ fn write_st(path: &Path, tensors: &[(String, Vec<usize>)]) {
             (n.clone(), v)
         })
         .collect();
-    std::fs::write(path, safetensors::tensor::serialize(views, None).unwrap()).unwrap();
+    // Edited files keep the save's export id, so each case reaches the check it is about.
+    let meta = path.with_file_name(META_FILE);
+    let id = std::fs::read_to_string(&meta)
+        .ok()
+        .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+        .and_then(|v| v["export_id"].as_str().map(str::to_string));
+    let info =
+        id.map(|id| std::collections::HashMap::from([("llm2comp_export_id".to_string(), id)]));
+    std::fs::write(path, safetensors::tensor::serialize(views, info).unwrap()).unwrap();
 }
 
 /// The LoRA tensors of the saved adapter, with `edit` applied to the list.
@@ -522,8 +538,9 @@ fn adapter_save_refuses_inconsistent_input_and_leaves_no_partial_files() {
         .to_string();
     assert!(e.contains("no memory-token rows"), "{e}");
     assert!(!target.exists());
-    // A write that fails at the rename (a directory squats the name): the
-    // temporary file is removed and no file appears under its real name.
+    // A save that fails at a rename (a directory squats the name): the
+    // temporary directory is removed and no meta appears, so the directory is
+    // not an adapter (files renamed before the failure carry an id no meta names).
     let d = root.join("blocked");
     std::fs::create_dir_all(d.join(MEMORY_FILE)).unwrap();
     std::fs::write(d.join(MEMORY_FILE).join("x"), b"x").unwrap();
@@ -535,5 +552,44 @@ fn adapter_save_refuses_inconsistent_input_and_leaves_no_partial_files() {
         .collect();
     assert!(!names.iter().any(|n| n.contains(".tmp-")), "{names:?}");
     assert!(!names.contains(&META_FILE.to_string()), "{names:?}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// A save interrupted between its renames (here: one file of a later save
+/// copied over, as a kill after the first rename leaves it) used to load as
+/// one adapter mixing two steps; its files' export ids now disagree with the
+/// meta's and the load is refused, naming the file, with the model untouched.
+#[test]
+fn a_directory_mixing_two_saves_is_refused() {
+    let (base, m, meta) = adapted(false);
+    let root = tmp_dir("adapter-mix");
+    let (run, later) = (root.join("run"), root.join("later"));
+    save_adapter(&run, &m, &meta).unwrap();
+    let mut m2 = base.clone();
+    attach_adapter(&mut m2, &lora_config(), K, 6);
+    save_adapter(&later, &m2, &meta).unwrap();
+    // A whole second save into the same directory replaces the first and loads.
+    save_adapter(&run, &m2, &meta).unwrap();
+    let mut loaded = base.clone();
+    load_adapter(&run, &mut loaded).unwrap();
+    assert_eq!(
+        bits(loaded.embedding().extra().unwrap()),
+        bits(m2.embedding().extra().unwrap())
+    );
+    let names: Vec<String> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains(".tmp-")), "{names:?}");
+    // Back to the first save, then the later save's LoRA lands alone.
+    save_adapter(&run, &m, &meta).unwrap();
+    std::fs::copy(later.join(PEFT_WEIGHTS_FILE), run.join(PEFT_WEIGHTS_FILE)).unwrap();
+    let mut b = base.clone();
+    let e = load_adapter(&run, &mut b).unwrap_err().to_string();
+    assert!(
+        e.contains(PEFT_WEIGHTS_FILE) && e.contains("the directory mixes two saves"),
+        "{e}"
+    );
+    assert!(!has_adapter(&b));
     std::fs::remove_dir_all(&root).unwrap();
 }
