@@ -494,11 +494,7 @@ pub fn save_adapter(dir: &Path, model: &Transformer, meta: &AdapterMeta) -> Resu
     // Every file goes into a fresh directory first and is renamed in with the meta last
     // (adapter_swap): a kill mid-save leaves the old adapter, or files whose ids disagree.
     let tmp = crate::atomic::create_temp_dir(dir, "adapter")?;
-    let meta = AdapterMeta {
-        export_id: Some(adapter_swap::new_export_id()),
-        ..meta.clone()
-    };
-    let written = write_adapter_files(&tmp, model, &meta).and_then(|names| {
+    let written = write_adapter_files(&tmp, model, meta).and_then(|names| {
         let stale: &[&str] = match meta.train_embeddings {
             // A table left from an earlier save would contradict this meta.
             TrainEmbeddings::Memory => &[EMBED_FILE],
@@ -519,7 +515,6 @@ fn write_adapter_files(
     model: &Transformer,
     meta: &AdapterMeta,
 ) -> Result<Vec<&'static str>> {
-    let id = meta.export_id.as_deref().unwrap_or_default();
     let rows = model
         .embedding()
         .extra()
@@ -553,33 +548,53 @@ fn write_adapter_files(
             }
         }
     }
-    write_f32_safetensors(dir, PEFT_WEIGHTS_FILE, &tensors, id)?;
     let mem = f32_bytes(rows, &dir.join(MEMORY_FILE), "memory_tokens")?;
-    write_f32_safetensors(
-        dir,
-        MEMORY_FILE,
-        &[("memory_tokens".into(), rows.shape().to_vec(), mem)],
-        id,
-    )?;
-    let embed_path = dir.join(EMBED_FILE);
-    let mut names = vec![PEFT_WEIGHTS_FILE, MEMORY_FILE];
-    match meta.train_embeddings {
-        TrainEmbeddings::All => {
-            names.push(EMBED_FILE);
-            let table = model.embedding().table();
-            let bytes = f32_bytes(table, &embed_path, "weight")?;
-            write_f32_safetensors(
-                dir,
-                EMBED_FILE,
-                &[("weight".into(), table.shape().to_vec(), bytes)],
-                id,
-            )?;
-        }
-        TrainEmbeddings::Memory => {}
+    let mut files = vec![
+        (PEFT_WEIGHTS_FILE, tensors),
+        (
+            MEMORY_FILE,
+            vec![("memory_tokens".into(), rows.shape().to_vec(), mem)],
+        ),
+    ];
+    if meta.train_embeddings == TrainEmbeddings::All {
+        let table = model.embedding().table();
+        let bytes = f32_bytes(table, &dir.join(EMBED_FILE), "weight")?;
+        files.push((
+            EMBED_FILE,
+            vec![("weight".into(), table.shape().to_vec(), bytes)],
+        ));
     }
     let pretty = |v: &Value| serde_json::to_string_pretty(v).expect("JSON values serialise") + "\n";
+    let meta_json = |m: &AdapterMeta| serde_json::to_value(m).expect("the meta serialises");
+    let unstamped = AdapterMeta {
+        export_id: None,
+        ..meta.clone()
+    };
+    let unstamped = pretty(&meta_json(&unstamped));
+    let shapes: Vec<String> = files
+        .iter()
+        .flat_map(|(f, ts)| ts.iter().map(move |(n, s, _)| format!("{f}/{n}{s:?}")))
+        .collect();
+    let id = adapter_swap::content_id(
+        std::iter::once(unstamped.as_bytes())
+            .chain(shapes.iter().map(|s| s.as_bytes()))
+            .chain(
+                files
+                    .iter()
+                    .flat_map(|(_, ts)| ts.iter().map(|(_, _, b)| b.as_slice())),
+            ),
+    );
+    let mut names = Vec::new();
+    for (name, tensors) in &files {
+        write_f32_safetensors(dir, name, tensors, &id)?;
+        names.push(*name);
+    }
     write_atomic(dir, PEFT_CONFIG_FILE, pretty(&peft).as_bytes())?;
-    let meta_json = serde_json::to_value(meta).expect("the meta serialises");
+    let meta = AdapterMeta {
+        export_id: Some(id),
+        ..meta.clone()
+    };
+    let meta_json = meta_json(&meta);
     write_atomic(dir, META_FILE, pretty(&meta_json).as_bytes())?;
     names.extend([PEFT_CONFIG_FILE, META_FILE]);
     Ok(names)

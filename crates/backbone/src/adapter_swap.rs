@@ -3,7 +3,8 @@
 //! holds a run's other files, so it cannot be swapped by renaming one
 //! directory. Saving writes every file into a fresh temporary directory
 //! beside them, fsyncs it, then renames the files into place with
-//! `llm2comp.json` last. Each save also gets an export id, written into
+//! `llm2comp.json` last. Each save also gets an export id (a hash of its
+//! contents: `content_id`), written into
 //! `llm2comp.json` and into the metadata of every safetensors file it
 //! writes; loading refuses files whose ids differ. So a reader sees the old
 //! complete adapter, the new complete one, or a refusal naming the mixed
@@ -13,7 +14,6 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{BackboneError, Result};
 
@@ -37,14 +37,31 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackboneError + '_ {
     }
 }
 
-/// An id no other save (of this or another process) shares: pid, time, counter.
-pub(crate) fn new_export_id() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{}-{nanos}-{n}", std::process::id())
+/// The export id of a save: a 64-bit hash of everything the save writes
+/// (each tensor's name, shape and bytes, and the meta without its id). Two
+/// saves share an id only when they write the same adapter, so an id tells
+/// saves apart while an unchanged adapter still saves to identical bytes
+/// (a resumed run's adapter equals the uninterrupted run's, file for file).
+/// Not a checksum against tampering: it only ties one save's files together.
+pub(crate) fn content_id<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
+    // FNV-1a's constants over 8-byte words (plus a length per part, so
+    // moving bytes between parts changes the id); fast enough for an
+    // embedding table of 100+ MB per save.
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut mix = |w: u64| h = (h ^ w).wrapping_mul(PRIME);
+    for p in parts {
+        mix(p.len() as u64);
+        let words = p.chunks_exact(8);
+        let tail = words.remainder();
+        for w in words {
+            mix(u64::from_le_bytes(w.try_into().expect("8 bytes")));
+        }
+        let mut last = [0u8; 8];
+        last[..tail.len()].copy_from_slice(tail);
+        mix(u64::from_le_bytes(last));
+    }
+    format!("{h:016x}")
 }
 
 /// The `__metadata__` a safetensors file of export `id` carries.
@@ -119,4 +136,19 @@ pub(crate) fn publish(tmp: &Path, dir: &Path, names: &[&str], stale: &[&str]) ->
         }
     }
     std::fs::remove_dir(tmp).map_err(io(tmp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::content_id;
+
+    #[test]
+    fn content_ids_depend_on_every_byte_and_on_part_boundaries() {
+        let a = content_id([&b"abcdefghij"[..], b"k"]);
+        assert_eq!(a, content_id([&b"abcdefghij"[..], b"k"]));
+        assert_ne!(a, content_id([&b"abcdefghiJ"[..], b"k"]));
+        assert_ne!(a, content_id([&b"abcdefghijk"[..]]));
+        assert_ne!(a, content_id([&b"abcdefghij"[..], b"k\0"]));
+        assert_eq!(a.len(), 16);
+    }
 }

@@ -28,7 +28,7 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
-use crate::{BackboneError, GgufFile, GgufValue, Result};
+use crate::{BackboneError, GgufArray, GgufFile, GgufValue, Result};
 
 /// llama.cpp's token types that change how a token is matched.
 const TOKEN_CONTROL: i64 = 3;
@@ -78,35 +78,29 @@ fn get_str<'a>(g: &'a GgufFile, key: &str) -> Result<&'a str> {
     }
 }
 
-fn get_array<'a>(g: &'a GgufFile, key: &str) -> Result<&'a [GgufValue]> {
+fn get_array<'a>(g: &'a GgufFile, key: &str) -> Result<&'a GgufArray> {
     match get(g, key)? {
         GgufValue::Array(v) => Ok(v),
         other => Err(invalid(
             g.path(),
-            format!("metadata `{key}` should be an array, found {}", kind(other)),
+            format!("metadata `{key}` should be an array, found {other:?}"),
         )),
     }
 }
 
-fn kind(v: &GgufValue) -> String {
-    match v {
-        GgufValue::Array(a) => format!("an array of {}", a.len()),
-        other => format!("{other:?}"),
-    }
-}
-
 fn strings<'a>(g: &'a GgufFile, key: &str) -> Result<Vec<&'a str>> {
-    get_array(g, key)?
-        .iter()
-        .enumerate()
-        .map(|(i, v)| match v {
-            GgufValue::Str(s) => Ok(s.as_str()),
-            other => Err(invalid(
-                g.path(),
-                format!("metadata `{key}`[{i}] should be a string, found {other:?}"),
-            )),
-        })
-        .collect()
+    let a = get_array(g, key)?;
+    match a.strs() {
+        Some(s) => Ok(s.iter().collect()),
+        None => Err(invalid(
+            g.path(),
+            format!(
+                "metadata `{key}` should be an array of strings, found an array of {} {}",
+                a.len(),
+                a.item_type()
+            ),
+        )),
+    }
 }
 
 /// An optional token id, checked against the vocabulary size.
@@ -231,17 +225,24 @@ pub(crate) fn from_gguf(g: &GgufFile) -> Result<GgufTokenizer> {
 
     let types = match g.get("tokenizer.ggml.token_type") {
         None => Vec::new(),
-        Some(_) => get_array(g, "tokenizer.ggml.token_type")?
-            .iter()
-            .map(|v| match v {
-                GgufValue::I64(x) => Ok(*x),
-                GgufValue::U64(x) => Ok(*x as i64),
-                other => Err(invalid(
+        Some(_) => {
+            let a = get_array(g, "tokenizer.ggml.token_type")?;
+            let bad = || {
+                invalid(
                     path,
-                    format!("tokenizer.ggml.token_type holds {other:?}, expected integers"),
-                )),
-            })
-            .collect::<Result<Vec<_>>>()?,
+                    format!(
+                        "tokenizer.ggml.token_type holds {} items, expected integers",
+                        a.item_type()
+                    ),
+                )
+            };
+            // A u64 past i64::MAX is no token type either: mapped to one that is none.
+            a.ints()
+                .ok_or_else(bad)?
+                .into_iter()
+                .map(|x| x.unwrap_or(i64::MIN))
+                .collect()
+        }
     };
     if !types.is_empty() && types.len() != tokens.len() {
         return Err(invalid(

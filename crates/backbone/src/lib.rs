@@ -35,13 +35,13 @@ pub use dequant::dequantize;
 pub use embedder::{EmbedOptions, Embedder};
 pub use error::{BackboneError, Result};
 pub use export::write_hf_dir;
-pub use gguf::{GgufFile, GgufTensorInfo, GgufValue, unpermute_qk_rows};
+pub use gguf::{GgufArray, GgufFile, GgufTensorInfo, GgufValue, StrArray, unpermute_qk_rows};
 pub use layers::Pass;
 pub use layers::lora::{Lora, LoraConfig, LoraGrads, LoraTarget};
 pub use layers::transformer::{
     Input, Param, Trainable, Transformer, TransformerCache, TransformerGrads,
 };
-pub use model::{ModelFormat, ModelInfo};
+pub use model::{ModelFormat, ModelInfo, ModelSource};
 pub use pooling::Pooling;
 pub use safetensors_files::SafetensorsFiles;
 pub use tokenizer::Tokenizer;

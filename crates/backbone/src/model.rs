@@ -86,86 +86,184 @@ pub fn safetensors_in(dir: &Path) -> Result<SafetensorsFiles> {
     })
 }
 
+/// A model opened once. A GGUF's header and metadata (its tokenizer's
+/// vocabulary and merges are most of it) are parsed here, once; the config,
+/// the weights and the tokenizer are all read from that one parse.
+pub struct ModelSource {
+    path: PathBuf,
+    gguf: Option<GgufFile>,
+}
+
+impl std::fmt::Debug for ModelSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelSource")
+            .field("path", &self.path)
+            .field("format", &self.format())
+            .finish()
+    }
+}
+
+impl ModelSource {
+    /// Detects the format of `path` and, for a GGUF, parses it.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let gguf = match detect(path)? {
+            ModelFormat::HuggingFace => None,
+            ModelFormat::Gguf => Some(GgufFile::open(path)?),
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            gguf,
+        })
+    }
+
+    /// The path given.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Directory or GGUF.
+    pub fn format(&self) -> ModelFormat {
+        match self.gguf {
+            Some(_) => ModelFormat::Gguf,
+            None => ModelFormat::HuggingFace,
+        }
+    }
+
+    /// The model's validated shape.
+    pub fn config(&self) -> Result<ModelConfig> {
+        match &self.gguf {
+            Some(g) => ModelConfig::from_gguf(g),
+            None => ModelConfig::from_file(self.path.join("config.json")),
+        }
+    }
+
+    /// The config and tensor headers, without loading weights.
+    pub fn inspect(&self) -> Result<ModelInfo> {
+        let path = self.path.as_path();
+        let config = self.config()?;
+        let mut dtypes: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        let mut add = |dtype: String, shape: &[usize]| {
+            let e = dtypes.entry(dtype).or_default();
+            e.0 += 1;
+            // Saturating: the totals are compared with the config below, and
+            // a sum past usize::MAX cannot be a real checkpoint either way.
+            e.1 =
+                e.1.saturating_add(shape.iter().fold(1usize, |p, &d| p.saturating_mul(d)));
+        };
+        let file_bytes = match &self.gguf {
+            None => {
+                let files = safetensors_in(path)?;
+                for name in files.names() {
+                    if let Some((dtype, shape)) = files.dtype_and_shape(name) {
+                        add(dtype, &shape);
+                    }
+                }
+                let mut bytes = 0;
+                for p in files.paths() {
+                    bytes += std::fs::metadata(p).map_err(io(p))?.len();
+                }
+                bytes
+            }
+            Some(gguf) => {
+                for t in &gguf.tensors {
+                    add(t.type_name.to_string(), &t.shape());
+                }
+                std::fs::metadata(path).map_err(io(path))?.len()
+            }
+        };
+        let stored_parameters = dtypes
+            .values()
+            .fold(0usize, |a, &(_, n)| a.saturating_add(n));
+        let tensor_count = dtypes.values().map(|&(n, _)| n).sum();
+        config.check_holds(tensor_count, stored_parameters, path)?;
+        Ok(ModelInfo {
+            path: path.to_path_buf(),
+            format: self.format(),
+            config,
+            dtypes,
+            stored_parameters,
+            file_bytes,
+        })
+    }
+
+    /// The transformer, weights widened to f32.
+    pub fn transformer(&self) -> Result<Transformer> {
+        match &self.gguf {
+            Some(g) => Transformer::from_gguf(g),
+            None => Transformer::from_safetensors(&self.config()?, &safetensors_in(&self.path)?),
+        }
+    }
+
+    /// The tokenizer (`tokenizer.json`, or the GGUF's metadata), checked
+    /// against the model's vocabulary ([`check_tokenizer_fits`]).
+    pub fn tokenizer(&self) -> Result<Tokenizer> {
+        let (tok, source) = self.tokenizer_unchecked()?;
+        check_tokenizer_fits(&tok, self.config()?.vocab_size, &source)?;
+        Ok(tok)
+    }
+
+    /// The tokenizer and the file it came from, not checked against the
+    /// model (for `info`, which shows a mismatch rather than refusing it).
+    pub fn tokenizer_unchecked(&self) -> Result<(Tokenizer, PathBuf)> {
+        Ok(match &self.gguf {
+            Some(g) => (Tokenizer::from_gguf(g)?, self.path.clone()),
+            None => {
+                let file = self.path.join("tokenizer.json");
+                if !file.is_file() {
+                    return Err(BackboneError::Invalid {
+                        path: self.path.clone(),
+                        msg: "no tokenizer.json in the model directory".into(),
+                    });
+                }
+                (Tokenizer::from_file(&file)?, file)
+            }
+        })
+    }
+}
+
+/// A tokenizer belongs to a model when its ids fit the embedding table and
+/// it uses most of it. Ids past the table would fail later, mid-batch; a
+/// tokenizer covering less than half the table is another model's (models
+/// pad their vocabulary by a few hundred rows at most: Qwen2 151,665 tokens
+/// for 151,936 rows), and would give plausible-looking garbage.
+pub fn check_tokenizer_fits(tok: &Tokenizer, vocab: usize, source: &Path) -> Result<()> {
+    let n = tok.vocab_size();
+    let msg = if n > vocab {
+        format!(
+            "the tokenizer has ids up to {} but the model's vocabulary has {vocab} rows; a \
+             tokenizer from another model?",
+            n - 1
+        )
+    } else if n.saturating_mul(2) < vocab {
+        format!(
+            "the tokenizer has {n} ids but the model's vocabulary has {vocab} rows: it would \
+             leave more than half of the table unused, so it is not this model's tokenizer \
+             (a tokenizer from another model?)"
+        )
+    } else {
+        return Ok(());
+    };
+    Err(BackboneError::Invalid {
+        path: source.to_path_buf(),
+        msg,
+    })
+}
+
 /// Reads a model's config and tensor headers without loading weights.
 pub fn inspect(path: impl AsRef<Path>) -> Result<ModelInfo> {
-    let path = path.as_ref();
-    let format = detect(path)?;
-    let mut dtypes: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    let mut add = |dtype: String, shape: &[usize]| {
-        let e = dtypes.entry(dtype).or_default();
-        e.0 += 1;
-        // Saturating: the totals are compared with the config below, and
-        // a sum past usize::MAX cannot be a real checkpoint either way.
-        e.1 =
-            e.1.saturating_add(shape.iter().fold(1usize, |p, &d| p.saturating_mul(d)));
-    };
-    let (config, file_bytes) = match format {
-        ModelFormat::HuggingFace => {
-            let config = ModelConfig::from_file(path.join("config.json"))?;
-            let files = safetensors_in(path)?;
-            for name in files.names() {
-                if let Some((dtype, shape)) = files.dtype_and_shape(name) {
-                    add(dtype, &shape);
-                }
-            }
-            let mut bytes = 0;
-            for p in files.paths() {
-                bytes += std::fs::metadata(p).map_err(io(p))?.len();
-            }
-            (config, bytes)
-        }
-        ModelFormat::Gguf => {
-            let gguf = GgufFile::open(path)?;
-            for t in &gguf.tensors {
-                add(t.type_name.to_string(), &t.shape());
-            }
-            let config = ModelConfig::from_gguf(&gguf)?;
-            (config, std::fs::metadata(path).map_err(io(path))?.len())
-        }
-    };
-    let stored_parameters = dtypes
-        .values()
-        .fold(0usize, |a, &(_, n)| a.saturating_add(n));
-    let tensor_count = dtypes.values().map(|&(n, _)| n).sum();
-    config.check_holds(tensor_count, stored_parameters, path)?;
-    Ok(ModelInfo {
-        path: path.to_path_buf(),
-        format,
-        config,
-        dtypes,
-        stored_parameters,
-        file_bytes,
-    })
+    ModelSource::open(path)?.inspect()
 }
 
 /// Loads the transformer (weights widened to f32) of a directory or GGUF file.
 pub fn load_transformer(path: impl AsRef<Path>) -> Result<Transformer> {
-    let path = path.as_ref();
-    match detect(path)? {
-        ModelFormat::HuggingFace => {
-            let config = ModelConfig::from_file(path.join("config.json"))?;
-            Transformer::from_safetensors(&config, &safetensors_in(path)?)
-        }
-        ModelFormat::Gguf => Transformer::from_gguf(&GgufFile::open(path)?),
-    }
+    ModelSource::open(path)?.transformer()
 }
 
-/// The tokenizer of a directory (`tokenizer.json`) or GGUF file (its metadata).
+/// The tokenizer of a directory (`tokenizer.json`) or GGUF file (its
+/// metadata), checked against the model's vocabulary.
 pub fn load_tokenizer(path: impl AsRef<Path>) -> Result<Tokenizer> {
-    let path = path.as_ref();
-    match detect(path)? {
-        ModelFormat::HuggingFace => {
-            let file = path.join("tokenizer.json");
-            if !file.is_file() {
-                return Err(BackboneError::Invalid {
-                    path: path.to_path_buf(),
-                    msg: "no tokenizer.json in the model directory".into(),
-                });
-            }
-            Tokenizer::from_file(file)
-        }
-        ModelFormat::Gguf => Tokenizer::from_gguf(&GgufFile::open(path)?),
-    }
+    ModelSource::open(path)?.tokenizer()
 }
 
 /// SmolLM2-135M's GGUF where `scripts/fetch-smollm2.sh` leaves it: the path
@@ -206,5 +304,26 @@ mod tests {
         std::fs::write(&f, b"GGUF\x03\x00\x00\x00").unwrap();
         assert_eq!(detect(&f).unwrap(), ModelFormat::Gguf);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Everything a command reads of a GGUF comes from the one parse `open`
+    /// did (the tokenizer's metadata alone is megabytes to decode).
+    #[test]
+    fn a_model_source_parses_its_gguf_once() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2-tokenizer.gguf");
+        let parses = || crate::gguf::PARSES.with(|n| n.get());
+        let before = parses();
+        let source = ModelSource::open(&path).unwrap();
+        assert_eq!(source.format(), ModelFormat::Gguf);
+        // The fixture holds a tokenizer and no model: these fail, after reading.
+        let _ = source.config();
+        let _ = source.inspect();
+        let _ = source.tokenizer();
+        let _ = source.transformer();
+        assert_eq!(parses() - before, 1);
+        // The free functions open (and parse) afresh each time.
+        let _ = load_tokenizer(&path);
+        assert_eq!(parses() - before, 2);
     }
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use llm2comp_backbone::{GgufFile, GgufValue};
+use llm2comp_backbone::{GgufArray, GgufFile, GgufValue};
 
 fn s(out: &mut Vec<u8>, x: &str) {
     out.extend((x.len() as u64).to_le_bytes());
@@ -85,10 +85,9 @@ fn metadata_and_tensors_of_a_v3_file() {
     assert_eq!(g.get("general.flag"), Some(&GgufValue::Bool(true)));
     assert_eq!(
         g.get("tokenizer.ggml.tokens"),
-        Some(&GgufValue::Array(vec![
-            GgufValue::Str("<|endoftext|>".into()),
-            GgufValue::Str("Ġthe".into())
-        ]))
+        Some(&GgufValue::Array(GgufArray::Str(
+            ["<|endoftext|>", "Ġthe"].into_iter().collect()
+        )))
     );
     let a = g.tensor_info("a").unwrap();
     assert_eq!((a.type_name, a.shape(), a.size), ("F32", vec![2, 3], 24));

@@ -163,10 +163,15 @@ impl ModelEncoder {
             );
         }
         let start = Instant::now();
-        let tokenizer = model::load_tokenizer(&args.model)
+        let source = model::ModelSource::open(&args.model)
+            .with_context(|| format!("opening {}", args.model.display()))?;
+        let tokenizer = source
+            .tokenizer()
             .with_context(|| format!("loading the tokenizer of {}", args.model.display()))?;
-        let mut transformer = model::load_transformer(&args.model)
+        let mut transformer = source
+            .transformer()
             .with_context(|| format!("loading {}", args.model.display()))?;
+        drop(source);
         let mut lora = false;
         let meta: Option<AdapterMeta> = match &args.adapter {
             Some(dir) => {

@@ -28,10 +28,19 @@ fn mib(bytes: f64) -> String {
 
 /// Runs the command.
 pub fn run(args: &Args) -> Result<()> {
-    let info = model::inspect(&args.model)
+    let source = model::ModelSource::open(&args.model)
+        .with_context(|| format!("opening {}", args.model.display()))?;
+    let info = source
+        .inspect()
         .with_context(|| format!("inspecting {}", args.model.display()))?;
-    let tok = model::load_tokenizer(&args.model)
+    // Shown even when it does not fit the model (the commands that use it
+    // refuse it): `info` is where a user looks to find out why.
+    let (tok, tok_file) = source
+        .tokenizer_unchecked()
         .with_context(|| format!("reading the tokenizer of {}", args.model.display()))?;
+    let mismatch = model::check_tokenizer_fits(&tok, info.config.vocab_size, &tok_file)
+        .err()
+        .map(|e| e.to_string());
     let c = &info.config;
     // `inspect` refused configs whose sizes overflow, so these are exact;
     // checked all the same, as the counts come from the file.
@@ -60,6 +69,7 @@ pub fn run(args: &Args) -> Result<()> {
             "head_dim": c.head_dim,
             "vocab_size": c.vocab_size,
             "tokenizer_vocab_size": tok.vocab_size(),
+            "tokenizer_mismatch": mismatch,
             "tie_word_embeddings": c.tie_word_embeddings,
             "rope_theta": c.rope.theta,
             "max_position_embeddings": c.max_position_embeddings,
@@ -111,6 +121,9 @@ pub fn run(args: &Args) -> Result<()> {
             "separate LM head"
         }
     )?;
+    if let Some(m) = &mismatch {
+        out!("             WARNING: {m}; embed and training refuse it")?;
+    }
     out!(
         "special      BOS {}, EOS {}, PAD {}",
         special(tok.bos_id()),

@@ -40,10 +40,15 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(args: &Args) -> Result<()> {
-    let tokenizer = model::load_tokenizer(&args.model)
+    let source = model::ModelSource::open(&args.model)
+        .with_context(|| format!("opening {}", args.model.display()))?;
+    let tokenizer = source
+        .tokenizer()
         .with_context(|| format!("loading the tokenizer of {}", args.model.display()))?;
-    let mut m = model::load_transformer(&args.model)
+    let mut m = source
+        .transformer()
         .with_context(|| format!("loading {}", args.model.display()))?;
+    drop(source);
     let meta = load_adapter(&args.adapter, &mut m)
         .with_context(|| format!("loading the adapter {}", args.adapter.display()))?;
     m.merge_lora().context("merging the LoRA adapters")?;

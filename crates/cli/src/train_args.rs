@@ -108,10 +108,14 @@ fn parse_epochs(s: &str) -> std::result::Result<f64, String> {
 /// The base model a training stage starts from: its tokenizer, its weights
 /// and its BOS id (the tokenizer's, else config.json's).
 pub fn load_base(path: &Path) -> Result<(Tokenizer, Transformer, u32)> {
-    let tokenizer = model::load_tokenizer(path)
+    let source =
+        model::ModelSource::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let tokenizer = source
+        .tokenizer()
         .with_context(|| format!("loading the tokenizer of {}", path.display()))?;
-    let transformer =
-        model::load_transformer(path).with_context(|| format!("loading {}", path.display()))?;
+    let transformer = source
+        .transformer()
+        .with_context(|| format!("loading {}", path.display()))?;
     let bos = tokenizer
         .bos_id()
         .or(transformer.config().bos_token_id)

@@ -50,7 +50,8 @@ fn with_input(input: &[u8]) -> (tempfile::TempDir, PathBuf) {
 }
 
 /// A Hugging Face directory: the golden random Llama (vocab 97) with
-/// SmolLM2's tokenizer.json (vocab 49152).
+/// SmolLM2's tokenizer.json (vocab 49152), a tokenizer that does not belong
+/// to it (`info` shows it; the commands that use it refuse it).
 fn tiny_hf_dir(with_tokenizer: bool) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let llama = Path::new(FIXTURES).join("golden/llama");
@@ -65,6 +66,11 @@ fn tiny_hf_dir(with_tokenizer: bool) -> tempfile::TempDir {
         .unwrap();
     }
     dir
+}
+
+/// The tiny random model with its own word-level tokenizer (89 ids, 97 rows).
+fn tiny_embed_dir() -> PathBuf {
+    Path::new(FIXTURES).join("tiny-embed")
 }
 
 /// The SmolLM2 GGUF if downloaded (`LLM2COMP_SMOLLM2_GGUF`, else the cache
@@ -203,11 +209,11 @@ fn embed_and_info_refuse_a_directory_without_config_json() {
 #[test]
 fn embed_names_the_file_and_line_of_an_empty_passage() {
     let (dir, input) = with_input(b"first\n\nthird\n");
-    let model = tiny_hf_dir(true);
+    let model = tiny_embed_dir();
     let out = llm2comp(&[
         "embed",
         "--model",
-        s(model.path()),
+        s(&model),
         "--input",
         s(&input),
         "--output",
@@ -223,11 +229,11 @@ fn embed_names_the_file_and_line_of_an_empty_passage() {
 #[test]
 fn embed_names_the_file_line_and_column_of_invalid_utf8() {
     let (dir, input) = with_input(b"fine\nalso fine\nbad \xff byte\n");
-    let model = tiny_hf_dir(true);
+    let model = tiny_embed_dir();
     let out = llm2comp(&[
         "embed",
         "--model",
-        s(model.path()),
+        s(&model),
         "--input",
         s(&input),
         "--output",
@@ -266,8 +272,9 @@ fn embed_refuses_an_unknown_output_extension_before_any_work() {
 }
 
 #[test]
-fn embed_names_the_line_whose_tokens_the_model_cannot_embed() {
-    // SmolLM2's tokenizer gives ids up to 49151; the model has 97 rows.
+fn embed_refuses_a_tokenizer_whose_ids_pass_the_vocabulary_before_reading_input() {
+    // SmolLM2's tokenizer gives ids up to 49151; the model has 97 rows. It
+    // used to be found line by line, after part of the input was embedded.
     let (dir, input) = with_input(b"!\nThe capital of France\n");
     let model = tiny_hf_dir(true);
     let output = dir.path().join("out.npy");
@@ -282,7 +289,7 @@ fn embed_names_the_line_whose_tokens_the_model_cannot_embed() {
     ]);
     let e = failure(&out);
     assert!(
-        e.contains(s(&input)) && e.contains("line 2") && e.contains("vocabulary (97)"),
+        e.contains("tokenizer.json") && e.contains("ids up to 49151") && e.contains("97 rows"),
         "{e}"
     );
     assert!(!output.exists(), "no output on failure");
@@ -304,6 +311,8 @@ fn info_describes_a_hugging_face_directory() {
         "2 layers, hidden 32, MLP 64, 4 heads (2 KV), head dim 8",
         "with Llama-3 scaling",
         "vocabulary   97 (tokenizer 49152)",
+        "WARNING: ",
+        "ids up to 49151 but the model's vocabulary has 97 rows",
         "separate LM head",
         "F32 x",
     ] {
@@ -314,6 +323,12 @@ fn info_describes_a_hugging_face_directory() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["hidden_size"], 32);
     assert_eq!(v["kv_heads"], 2);
+    assert!(
+        v["tokenizer_mismatch"]
+            .as_str()
+            .is_some_and(|m| m.contains("ids up to 49151")),
+        "{v}"
+    );
     assert_eq!(v["tie_word_embeddings"], false);
     // 97·32 embedding + 97·32 head + 32 final norm + 2 blocks of
     // (2·32 norms + 32·32 q + 2·16·32 k,v + 32·32 o + 3·64·32 MLP).
