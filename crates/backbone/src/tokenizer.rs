@@ -39,7 +39,17 @@ pub struct Tokenizer {
     pad: Option<u32>,
     /// One past the largest id, added tokens included.
     vocab_size: usize,
+    /// The longest token's text in bytes (at least 1): no token covers
+    /// more input than that in the byte-level BPEs models use.
+    max_token_bytes: usize,
 }
+
+/// How many times the bytes `tokens` tokens can cover a text is cut to
+/// before tokenising ([`Tokenizer::cut_for`]): room for a normaliser that
+/// grows the text (NFC expands a few characters up to 3×).
+const CUT_MARGIN: usize = 4;
+/// Texts this short are never cut.
+const MIN_CUT_BYTES: usize = 4096;
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -60,6 +70,15 @@ fn invalid(path: &Path, msg: impl Into<String>) -> BackboneError {
     }
 }
 
+/// The start of a text for an error message (a passage can be megabytes).
+fn preview(text: &str) -> String {
+    const SHOWN: usize = 80;
+    match text.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}... ({} bytes)", &text[..end], text.len()),
+        None => text.to_string(),
+    }
+}
+
 fn io(path: &Path, source: std::io::Error) -> BackboneError {
     BackboneError::Io {
         path: path.to_path_buf(),
@@ -75,11 +94,9 @@ impl Tokenizer {
         eos: Option<u32>,
         pad: Option<u32>,
     ) -> Self {
-        let vocab_size = inner
-            .get_vocab(true)
-            .values()
-            .max()
-            .map_or(0, |&m| m as usize + 1);
+        let vocab = inner.get_vocab(true);
+        let vocab_size = vocab.values().max().map_or(0, |&m| m as usize + 1);
+        let max_token_bytes = vocab.keys().map(String::len).max().unwrap_or(1).max(1);
         Self {
             inner,
             source: source.to_path_buf(),
@@ -87,7 +104,38 @@ impl Tokenizer {
             eos,
             pad,
             vocab_size,
+            max_token_bytes,
         }
+    }
+
+    /// The bytes of text [`Self::cut_for`] keeps for `tokens` tokens (for
+    /// readers that cut while reading).
+    pub fn cut_bytes(&self, tokens: usize) -> usize {
+        tokens
+            .saturating_mul(self.max_token_bytes)
+            .saturating_mul(CUT_MARGIN)
+            .max(MIN_CUT_BYTES)
+    }
+
+    /// The start of `text` that still holds its first `tokens` tokens, cut
+    /// at a character boundary, and whether anything was cut. Tokenising a
+    /// whole text to keep its first 512 tokens made one 50 MB line take
+    /// 6.6 GB; this keeps `CUT_MARGIN` × `tokens` × the longest token's
+    /// bytes. A text that long holds more than `tokens` tokens (each token
+    /// covers at most the longest token's bytes), so callers truncate or
+    /// filter exactly as before; the first `tokens` ids are those of the
+    /// whole text except where one pre-tokenizer piece (a word) runs across
+    /// the cut, far past them.
+    pub fn cut_for<'t>(&self, text: &'t str, tokens: usize) -> (&'t str, bool) {
+        let max = self.cut_bytes(tokens);
+        if text.len() <= max {
+            return (text, false);
+        }
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        (&text[..end], true)
     }
 
     /// Loads a Hugging Face `tokenizer.json`, and the special tokens of the
@@ -147,7 +195,7 @@ impl Tokenizer {
         let enc = self
             .inner
             .encode(text, false)
-            .map_err(|e| invalid(&self.source, format!("encoding {text:?}: {e}")))?;
+            .map_err(|e| invalid(&self.source, format!("encoding {:?}: {e}", preview(text))))?;
         self.with_bos(enc.get_ids(), add_bos)
     }
 

@@ -48,3 +48,27 @@ fn a_tokenizer_that_does_not_fit_the_vocabulary_is_refused() {
     assert!(e.contains("another model"), "{e}");
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn texts_are_cut_to_what_their_first_tokens_need() {
+    let d = model_dir("tokcut", 64, 40);
+    let tok = model::load_tokenizer(&d).unwrap();
+    std::fs::remove_dir_all(&d).unwrap();
+    let keep = tok.cut_bytes(10);
+    // Short texts are never cut.
+    assert_eq!(tok.cut_for("w3 w4", 10), ("w3 w4", false));
+    let long = "w5 ".repeat(keep);
+    let (cut, was_cut) = tok.cut_for(&long, 10);
+    assert!(was_cut && cut.len() <= keep && long.starts_with(cut));
+    // What is kept still holds more than the tokens asked for, and the same first ones.
+    let (a, b) = (
+        tok.encode(cut, false).unwrap(),
+        tok.encode(&long, false).unwrap(),
+    );
+    assert!(a.len() > 10);
+    assert_eq!(a[..10], b[..10]);
+    // A cut never splits a character.
+    let wide = "é".repeat(keep);
+    let (cut, _) = tok.cut_for(&wide, 10);
+    assert!(cut.len() <= keep && cut.chars().all(|c| c == 'é'));
+}

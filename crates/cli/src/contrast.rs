@@ -141,7 +141,8 @@ pub fn run(args: &Args, threads: usize) -> Result<()> {
 
     let (data, truncated) = match args.mode {
         Mode::Unsup => {
-            let input = texts::read(&args.data, args.format, &args.text_field, true)?;
+            let keep = tokenizer.cut_bytes(text_max + 1);
+            let input = texts::read(&args.data, args.format, &args.text_field, true, Some(keep))?;
             let mut ids = tokenizer.encode_batch(&input.texts, false)?;
             let truncated = ids.iter().filter(|p| p.len() > text_max).count();
             ids.iter_mut().for_each(|p| p.truncate(text_max));
@@ -154,6 +155,7 @@ pub fn run(args: &Args, threads: usize) -> Result<()> {
             let raw = parse_triples_bytes(&bytes, &args.data, args.instruction.as_deref())?;
             let mut truncated = 0;
             let mut encode = |s: &str| {
+                let (s, _) = tokenizer.cut_for(s, text_max + 1);
                 let ids = tokenizer
                     .encode(s, false)
                     .map_err(llm2comp_contrast::ContrastError::from)?;

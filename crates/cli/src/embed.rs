@@ -38,9 +38,16 @@ pub struct Args {
 /// Runs the command.
 pub fn run(args: &Args) -> Result<()> {
     output_format(&args.output)?;
+    crate::output_path::check_file(&args.output, "--output")?;
     // Flags and device first, before reading a possibly large input.
     let encoder = ModelEncoder::load(&args.model)?;
-    let input = texts::read(&args.input, args.format, &args.text_field, args.skip_empty)?;
+    let input = texts::read(
+        &args.input,
+        args.format,
+        &args.text_field,
+        args.skip_empty,
+        Some(encoder.keep_bytes()),
+    )?;
     let locate = |i: usize| format!("{}: line {}", args.input, input.lines[i]);
     let out = encoder.embed(&input.texts, &locate, "passages")?;
     // A NaN in a written file surfaces much later, in whatever reads it.

@@ -255,6 +255,12 @@ impl ModelEncoder {
         })
     }
 
+    /// The bytes of a passage worth reading: more holds more tokens than
+    /// `--max-length` keeps (`Tokenizer::cut_bytes`).
+    pub fn keep_bytes(&self) -> usize {
+        self.tokenizer.cut_bytes(self.text_max + 1)
+    }
+
     /// The --max-length the texts are cut to.
     pub fn max_length(&self) -> usize {
         self.max_length
@@ -272,6 +278,8 @@ impl ModelEncoder {
         let mut seqs = Vec::with_capacity(texts.len());
         let mut truncated = 0;
         for (i, text) in texts.iter().enumerate() {
+            // Only the first text_max tokens are used: tokenise no more text than holds them.
+            let (text, cut) = self.tokenizer.cut_for(text, self.text_max + 1);
             let mut ids = self
                 .tokenizer
                 .encode(text, false)
@@ -286,7 +294,7 @@ impl ModelEncoder {
                     locate(i)
                 );
             }
-            if ids.len() > self.text_max {
+            if cut || ids.len() > self.text_max {
                 ids.truncate(self.text_max);
                 truncated += 1;
             }

@@ -148,6 +148,9 @@ pub fn evaluate(args: &Args) -> Result<Option<Evaluation>> {
         .iter()
         .map(|n| find(n))
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(path) = &args.json {
+        crate::output_path::check_file(path, "--json")?;
+    }
     let encoder = match &args.model {
         Some(m) => Some(ModelEncoder::load(m)?),
         None => None,

@@ -9,6 +9,7 @@ mod eval;
 mod info;
 mod merge;
 mod npy;
+mod output_path;
 mod pipeline;
 mod pretrain;
 mod rss;

@@ -131,7 +131,8 @@ pub fn run(args: &Args, threads: usize) -> Result<()> {
         checkpoint: t.checkpoint_activations,
     };
 
-    let input = texts::read(&args.data, args.format, &args.text_field, true)?;
+    // Passages are cut to what their tokens need in Corpus::build.
+    let input = texts::read(&args.data, args.format, &args.text_field, true, None)?;
     let (tokenizer, transformer, bos) = crate::train_args::load_base(&args.model)?;
     let data_opts = DataOptions {
         min_chars: args.min_chars,

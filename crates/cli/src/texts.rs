@@ -5,7 +5,7 @@
 //! a large file produced by another tool, and "invalid input" without a line
 //! number sends the user bisecting it by hand.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -32,16 +32,17 @@ pub struct Texts {
     pub skipped_empty: usize,
 }
 
-/// Reads `source` (`-` is stdin).
-pub fn read(source: &str, format: InputFormat, field: &str, skip_empty: bool) -> Result<Texts> {
-    let mut bytes = Vec::new();
-    if source == "-" {
-        std::io::stdin()
-            .read_to_end(&mut bytes)
-            .context("reading stdin")?;
-    } else {
-        bytes = std::fs::read(source).with_context(|| format!("reading {source}"))?;
-    }
+/// Reads `source` (`-` is stdin) line by line, keeping at most `keep`
+/// bytes of each passage (cut at a character boundary; `None` keeps all):
+/// a reader that only needs a passage's first tokens holds no more of it
+/// than that, however long the line.
+pub fn read(
+    source: &str,
+    format: InputFormat,
+    field: &str,
+    skip_empty: bool,
+    keep: Option<usize>,
+) -> Result<Texts> {
     let name = if source == "-" { "stdin" } else { source };
     let format = match format {
         InputFormat::Auto => {
@@ -57,10 +58,23 @@ pub fn read(source: &str, format: InputFormat, field: &str, skip_empty: bool) ->
         }
         f => f,
     };
-    parse(name, &bytes, format, field, skip_empty)
+    if source == "-" {
+        parse_reader(
+            name,
+            std::io::stdin().lock(),
+            format,
+            field,
+            skip_empty,
+            keep,
+        )
+    } else {
+        let f = std::fs::File::open(source).with_context(|| format!("reading {source}"))?;
+        parse_reader(name, BufReader::new(f), format, field, skip_empty, keep)
+    }
 }
 
-/// Parses the bytes of `name`.
+/// Parses the bytes of `name` (all of every passage kept).
+#[cfg(test)]
 pub fn parse(
     name: &str,
     bytes: &[u8],
@@ -68,20 +82,56 @@ pub fn parse(
     field: &str,
     skip_empty: bool,
 ) -> Result<Texts> {
+    parse_reader(name, bytes, format, field, skip_empty, None)
+}
+
+/// The start of `s` of at most `keep` bytes, at a character boundary.
+fn cut(s: &str, keep: Option<usize>) -> &str {
+    match keep {
+        Some(k) if s.len() > k => {
+            let mut end = k;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            &s[..end]
+        }
+        _ => s,
+    }
+}
+
+/// Parses lines from `input`: one line in memory at a time beside the
+/// (cut) passages kept.
+fn parse_reader(
+    name: &str,
+    mut input: impl BufRead,
+    format: InputFormat,
+    field: &str,
+    skip_empty: bool,
+    keep: Option<usize>,
+) -> Result<Texts> {
     let mut out = Texts {
         texts: Vec::new(),
         lines: Vec::new(),
         skipped_empty: 0,
     };
     let mut empty_lines = Vec::new();
-    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-    if body.is_empty() {
-        bail!("{name}: no input (the file is empty)");
-    }
-    for (i, raw) in body.split(|&b| b == b'\n').enumerate() {
-        let line_no = i + 1;
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let line = std::str::from_utf8(raw).map_err(|e| {
+    let mut raw = Vec::new();
+    let mut line_no = 0;
+    let mut only_newline = false;
+    loop {
+        raw.clear();
+        let n = input
+            .read_until(b'\n', &mut raw)
+            .with_context(|| format!("reading {name}"))?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        // A file of one newline is as empty as a file of nothing.
+        only_newline = line_no == 1 && raw == b"\n";
+        let line = raw.strip_suffix(b"\n").unwrap_or(&raw);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let line = std::str::from_utf8(line).map_err(|e| {
             anyhow::anyhow!(
                 "{name}: line {line_no} is not valid UTF-8 (invalid byte at column {})",
                 e.valid_up_to() + 1
@@ -95,7 +145,7 @@ pub fn parse(
                     let v: serde_json::Value = serde_json::from_str(line)
                         .with_context(|| format!("{name}: line {line_no} is not valid JSON"))?;
                     match v.get(field) {
-                        Some(serde_json::Value::String(s)) => Some(s.clone()),
+                        Some(serde_json::Value::String(s)) => Some(cut(s, keep).to_string()),
                         Some(other) => bail!(
                             "{name}: line {line_no}: field `{field}` is {}, expected a string",
                             kind(other)
@@ -104,7 +154,7 @@ pub fn parse(
                     }
                 }
             }
-            _ => Some(line.to_string()),
+            _ => Some(cut(line, keep).to_string()),
         };
         match text {
             Some(t) if !t.trim().is_empty() => {
@@ -113,6 +163,9 @@ pub fn parse(
             }
             _ => empty_lines.push(line_no),
         }
+    }
+    if line_no == 0 || (line_no == 1 && only_newline) {
+        bail!("{name}: no input (the file is empty)");
     }
     if !empty_lines.is_empty() {
         if !skip_empty {
@@ -202,5 +255,35 @@ mod tests {
             err(b"{\"text\": \"x\"}\n{oops\n", InputFormat::Jsonl)
                 .contains("line 2 is not valid JSON")
         );
+    }
+
+    #[test]
+    fn passages_are_cut_to_the_bytes_kept_at_a_character_boundary() {
+        let t = parse_reader(
+            "in",
+            &b"h\xc3\xa9llo w\xc3\xb6rld\nab\n"[..],
+            InputFormat::Text,
+            "text",
+            false,
+            Some(2),
+        )
+        .unwrap();
+        // "hé" is 3 bytes: the cut backs off to "h".
+        assert_eq!(t.texts, vec!["h".to_string(), "ab".to_string()]);
+        let j = br#"{"text": "\u00e9\u00e9\u00e9"}"#;
+        let t = parse_reader("in", &j[..], InputFormat::Jsonl, "text", false, Some(5)).unwrap();
+        assert_eq!(t.texts, vec!["\u{e9}\u{e9}".to_string()]);
+        // Invalid UTF-8 past the cut is still an error: the whole line is checked.
+        let e = parse_reader(
+            "in",
+            &b"abcdef\xff\n"[..],
+            InputFormat::Text,
+            "text",
+            false,
+            Some(2),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line 1") && e.contains("column 7"), "{e}");
     }
 }

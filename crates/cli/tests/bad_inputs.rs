@@ -229,3 +229,49 @@ fn contrastive_jsonl_errors_name_the_line() {
     let e = contrast(&[&good[..], &good[..], b"{\"query\": \"\xff\"}\n"].concat());
     assert!(e.contains("sup.jsonl:3: not valid UTF-8"), "{e}");
 }
+
+/// Output paths are checked before the model is even opened (the model
+/// here does not exist): a missing directory, a directory given as the
+/// file, for `embed --output` and `eval --json`.
+#[test]
+fn unusable_output_paths_are_refused_before_any_work() {
+    let d = tempfile::tempdir().unwrap();
+    let no_model = d.path().join("no-such-model");
+    let input = d.path().join("in.txt");
+    std::fs::write(&input, "hello\n").unwrap();
+    let run = |args: &[&str]| {
+        let o = llm2comp(args);
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let missing = d.path().join("missing/e.npy");
+    let (m, i, nm) = (s(&missing), s(&input), s(&no_model));
+    let e = run(&["embed", "--model", &nm, "--input", &i, "--output", &m]);
+    assert!(
+        e.contains("does not exist") && e.contains(&s(&d.path().join("missing"))),
+        "{e}"
+    );
+    assert!(
+        !e.contains("no-such-model"),
+        "the output is checked first: {e}"
+    );
+    let as_dir = d.path().join("out.npy");
+    std::fs::create_dir(&as_dir).unwrap();
+    let e = run(&[
+        "embed",
+        "--model",
+        &nm,
+        "--input",
+        &i,
+        "--output",
+        &s(&as_dir),
+    ]);
+    assert!(e.contains("is a directory"), "{e}");
+    let e = run(&["eval", "--model", &nm, "--tasks", "stsb", "--json", &m]);
+    assert!(e.contains("--json") && e.contains("does not exist"), "{e}");
+    assert!(
+        !e.contains("no-such-model"),
+        "the output is checked first: {e}"
+    );
+}

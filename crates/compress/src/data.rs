@@ -104,6 +104,13 @@ impl Corpus {
                 ok
             })
             .collect();
+        // Only the first `room` tokens (or max_tokens + 1, to filter by)
+        // are used: tokenise no more text than holds them.
+        let needed = room.max(opts.max_tokens.map_or(0, |m| m.saturating_add(1))) + 1;
+        let long_enough: Vec<&str> = long_enough
+            .iter()
+            .map(|t| tokenizer.cut_for(t, needed).0)
+            .collect();
         let ids = tokenizer.encode_batch(&long_enough, false)?;
         let mut passages = Vec::with_capacity(ids.len());
         for mut p in ids {
