@@ -19,7 +19,7 @@ pub mod embedder;
 mod error;
 pub mod export;
 mod export_replace;
-mod finite;
+pub mod finite;
 mod gguf;
 mod gguf_config;
 mod gguf_tokenizer;

@@ -382,6 +382,18 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         }
         let t = Tensor::from_le_bytes(view.data(), DType::F32, view.shape())
             .map_err(|e| TrainError::checkpoint(&st_path, format!("tensor `{name}`: {e}")))?;
+        // Training stops before it saves a non-finite step, so this is a
+        // corrupt or foreign file; resuming would train on NaN.
+        if let Some((i, x)) = llm2comp_backbone::finite::first_non_finite(&t) {
+            return Err(TrainError::checkpoint(
+                &st_path,
+                format!(
+                    "tensor `{name}` holds {x} at element {i} (shape {:?}); a corrupt \
+                     checkpoint cannot be resumed",
+                    t.shape()
+                ),
+            ));
+        }
         tensors.insert(name, t);
     }
     Ok(Checkpoint {
@@ -497,6 +509,23 @@ mod tests {
         assert_eq!(steps, [2]);
         save(out.path(), 2, 3);
         assert_eq!(resolve(out.path()).unwrap(), ck.join("step-00000002"));
+    }
+
+    #[test]
+    fn a_state_holding_nan_is_refused_naming_the_tensor() {
+        let out = tempfile::tempdir().unwrap();
+        let dir = save(out.path(), 1, 2);
+        let st = dir.join(STATE_FILE);
+        let mut bytes = fs::read(&st).unwrap();
+        let n = bytes.len();
+        // The data section ends with the last tensor's last element.
+        bytes[n - 4..].copy_from_slice(&f32::NAN.to_le_bytes());
+        fs::write(&st, &bytes).unwrap();
+        let err = load(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("state.safetensors") && err.contains("holds NaN at element"),
+            "{err}"
+        );
     }
 
     #[test]
