@@ -8,6 +8,8 @@
 //! [`Compressor`] runs a step on one copy of the base weights, [`data`]
 //! tokenises and filters the corpus and draws each step's passages from the
 //! seed, and [`CompressionTask`] plugs all of it into `llm2comp-train`.
+//! [`mntp`] and [`Mntp`] are LLM2Vec's masked next-token prediction, the
+//! baseline pretext the compression objectives are measured against.
 
 pub mod batch;
 mod compressor;
@@ -15,6 +17,8 @@ pub mod data;
 pub mod encoder_input;
 mod error;
 pub mod memory;
+pub mod mntp;
+mod mntp_step;
 mod objective;
 pub mod seeds;
 mod task;
@@ -24,5 +28,6 @@ pub use compressor::{CompressConfig, Compressor, StepStats};
 pub use data::{Corpus, CorpusStats, DataOptions};
 pub use error::{CompressError, Result};
 pub use memory::TrainEmbeddings;
+pub use mntp_step::Mntp;
 pub use objective::{Objective, SPLIT_MARGIN};
 pub use task::{CompressionTask, Exporter};

@@ -26,6 +26,8 @@ pub enum Stream {
     MemoryInit = 4,
     /// LoRA initialisation.
     LoraInit = 5,
+    /// MNTP's choice and corruption of tokens.
+    Mask = 6,
 }
 
 /// A seed for `stream` at counters `a`, `b` under the run's `seed`.

@@ -9,36 +9,12 @@
 //! self-consistent. Measured: losses within 1.1e-7, every gradient within
 //! 1.3e-6 relative (f32 against float64).
 
-use std::path::{Path, PathBuf};
+mod support;
 
-use llm2comp_backbone::adapter::peft_key;
-use llm2comp_backbone::{Lora, LoraConfig, LoraTarget, SafetensorsFiles, model};
+use llm2comp_backbone::{SafetensorsFiles, model};
 use llm2comp_compress::{CompressConfig, Compressor, Objective, Sample, TrainEmbeddings, pack};
 use serde_json::Value;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn values(v: &Value) -> Vec<f64> {
-    v["values"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
-
-fn rel_err(got: &[f32], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let num: f64 = got
-        .iter()
-        .zip(want)
-        .map(|(&g, &w)| (g as f64 - w).powi(2))
-        .sum();
-    let den: f64 = want.iter().map(|w| w * w).sum();
-    (num / den.max(1e-300)).sqrt()
-}
+use support::{attach_lora, lora_config, rel_err, repo, values};
 
 fn check(arch: &str) {
     let dir = repo()
@@ -48,22 +24,7 @@ fn check(arch: &str) {
         serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
     let k = g["k"].as_u64().unwrap() as usize;
     let bos = g["bos_id"].as_u64().unwrap() as u32;
-    let (r, alpha) = (
-        g["lora"]["r"].as_u64().unwrap() as usize,
-        g["lora"]["alpha"].as_f64().unwrap() as f32,
-    );
-    let targets: Vec<LoraTarget> = g["lora"]["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            let n = t.as_str().unwrap();
-            LoraTarget::ALL
-                .into_iter()
-                .find(|x| x.module_name() == n)
-                .unwrap()
-        })
-        .collect();
+    let lora = lora_config(&g);
     let adapter = SafetensorsFiles::open(dir.join("adapter.safetensors")).unwrap();
     let samples: Vec<Sample> = g["passages"]
         .as_array()
@@ -83,32 +44,13 @@ fn check(arch: &str) {
     for objective in Objective::ALL {
         let mut m = model::load_transformer(repo().join(g["model"].as_str().unwrap())).unwrap();
         let h = m.config().hidden_size;
-        for (l, block) in m.blocks_mut().iter_mut().enumerate() {
-            for &t in &targets {
-                let lin = block.linear_mut(t);
-                let (out, inp) = (lin.out_features(), lin.in_features());
-                let a = adapter.tensor(&peft_key(l, t, "A"), &[r, inp]).unwrap();
-                let b = adapter.tensor(&peft_key(l, t, "B"), &[out, r]).unwrap();
-                lin.set_lora(Lora {
-                    a,
-                    b,
-                    scale: alpha / r as f32,
-                    dropout: 0.0,
-                })
-                .unwrap();
-            }
-        }
+        attach_lora(&mut m, &lora, &adapter);
         m.set_extra_rows(Some(adapter.tensor("memory_tokens", &[k, h]).unwrap()))
             .unwrap();
         let cfg = CompressConfig {
             objective,
             memory_tokens: k,
-            lora: LoraConfig {
-                r,
-                alpha,
-                dropout: 0.0,
-                targets: targets.clone(),
-            },
+            lora: lora.clone(),
             train_embeddings: TrainEmbeddings::Memory,
             checkpoint: false,
         };
