@@ -295,12 +295,13 @@ impl AdapterMeta {
         // any range is built from them (k = 2^61 would otherwise allocate,
         // and V + k wrap). The ids are compared one by one, never collected.
         let end = v.checked_add(k).filter(|&e| e <= u32::MAX as usize + 1);
-        let Some(end) = end.filter(|_| k >= 1) else {
+        // k = 0 is an adapter of LoRA alone (the MNTP baseline's).
+        let Some(end) = end else {
             return Err(invalid(
                 origin,
                 format!(
-                    "memory_tokens {k} with vocab_size {v}: need k >= 1 and V + k token ids \
-                     that fit in 32 bits"
+                    "memory_tokens {k} with vocab_size {v}: need V + k token ids that fit in 32 \
+                     bits"
                 ),
             ));
         };
@@ -396,8 +397,10 @@ fn write_f32_safetensors(
         })
         .collect::<Result<Vec<_>>>()?;
     let info = adapter_swap::file_metadata(export_id);
-    let bytes = safetensors::tensor::serialize(views, Some(info))
+    let mut bytes = safetensors::tensor::serialize(views, Some(info))
         .map_err(|e| invalid(&path, format!("serialising: {e}")))?;
+    adapter_swap::sort_metadata(&mut bytes, export_id)
+        .map_err(|msg| invalid(&path, format!("serialising: {msg}")))?;
     write_atomic(dir, name, &bytes)
 }
 
@@ -477,30 +480,28 @@ pub fn save_adapter(dir: &Path, model: &Transformer, meta: &AdapterMeta) -> Resu
     meta.check_base(model, &meta_path)?;
     check_model_lora(model, meta, &meta_path)?;
     let k = meta.memory_tokens;
-    let rows = model
-        .embedding()
-        .extra()
-        .ok_or_else(|| invalid(&meta_path, "the model has no memory-token rows to save"))?;
-    if rows.shape()[0] != k {
-        return Err(invalid(
-            &meta_path,
-            format!(
-                "the model has {} memory-token rows, the meta says {k}",
-                rows.shape()[0]
-            ),
-        ));
+    let has = model.embedding().extra().map_or(0, |r| r.shape()[0]);
+    if has != k {
+        let msg = match has {
+            0 => "the model has no memory-token rows to save".to_string(),
+            _ => format!("the model has {has} memory-token rows, the meta says {k}"),
+        };
+        return Err(invalid(&meta_path, msg));
     }
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     // Every file goes into a fresh directory first and is renamed in with the meta last
     // (adapter_swap): a kill mid-save leaves the old adapter, or files whose ids disagree.
     let tmp = crate::atomic::create_temp_dir(dir, "adapter")?;
     let written = write_adapter_files(&tmp, model, meta).and_then(|names| {
-        let stale: &[&str] = match meta.train_embeddings {
-            // A table left from an earlier save would contradict this meta.
-            TrainEmbeddings::Memory => &[EMBED_FILE],
-            TrainEmbeddings::All => &[],
-        };
-        adapter_swap::publish(&tmp, dir, &names, stale)
+        // Files left from an earlier save would contradict this meta.
+        let stale: Vec<&str> = [
+            (meta.train_embeddings == TrainEmbeddings::Memory).then_some(EMBED_FILE),
+            (k == 0).then_some(MEMORY_FILE),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        adapter_swap::publish(&tmp, dir, &names, &stale)
     });
     if written.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -515,10 +516,7 @@ fn write_adapter_files(
     model: &Transformer,
     meta: &AdapterMeta,
 ) -> Result<Vec<&'static str>> {
-    let rows = model
-        .embedding()
-        .extra()
-        .ok_or_else(|| invalid(dir, "the model has no memory-token rows to save"))?;
+    let rows = model.embedding().extra();
     // CAUSAL_LM: PEFT then wraps a *ForCausalLM, whose state-dict keys are
     // exactly ours (`base_model.model.model.layers...`); FEATURE_EXTRACTION
     // would wrap the bare model and expect `base_model.model.layers...`.
@@ -548,14 +546,14 @@ fn write_adapter_files(
             }
         }
     }
-    let mem = f32_bytes(rows, &dir.join(MEMORY_FILE), "memory_tokens")?;
-    let mut files = vec![
-        (PEFT_WEIGHTS_FILE, tensors),
-        (
+    let mut files = vec![(PEFT_WEIGHTS_FILE, tensors)];
+    if let Some(rows) = rows {
+        let mem = f32_bytes(rows, &dir.join(MEMORY_FILE), "memory_tokens")?;
+        files.push((
             MEMORY_FILE,
             vec![("memory_tokens".into(), rows.shape().to_vec(), mem)],
-        ),
-    ];
+        ));
+    }
     if meta.train_embeddings == TrainEmbeddings::All {
         let table = model.embedding().table();
         let bytes = f32_bytes(table, &dir.join(EMBED_FILE), "weight")?;
@@ -824,7 +822,11 @@ pub fn load_adapter(dir: &Path, model: &mut Transformer) -> Result<AdapterMeta> 
     let cfg = meta.lora_config(&meta_path)?;
     check_peft_config(&dir.join(PEFT_CONFIG_FILE), &meta)?;
 
-    let mut files = vec![dir.join(PEFT_WEIGHTS_FILE), dir.join(MEMORY_FILE)];
+    let k = meta.memory_tokens;
+    let mut files = vec![dir.join(PEFT_WEIGHTS_FILE)];
+    if k > 0 {
+        files.push(dir.join(MEMORY_FILE));
+    }
     if meta.train_embeddings == TrainEmbeddings::All {
         files.push(dir.join(EMBED_FILE));
     }
@@ -832,11 +834,16 @@ pub fn load_adapter(dir: &Path, model: &mut Transformer) -> Result<AdapterMeta> 
     let wpath = dir.join(PEFT_WEIGHTS_FILE);
     let loras = read_loras(&open_required(&wpath)?, &wpath, model, &cfg)?;
 
-    let mpath = dir.join(MEMORY_FILE);
-    let mfiles = open_required(&mpath)?;
     let h = meta.hidden_size;
-    let rows = read_f32(&mfiles, &mpath, "memory_tokens", &[meta.memory_tokens, h])?;
-    let rows = to_model(rows, model, &mpath)?;
+    let rows = match k {
+        0 => None,
+        _ => {
+            let mpath = dir.join(MEMORY_FILE);
+            let mfiles = open_required(&mpath)?;
+            let rows = read_f32(&mfiles, &mpath, "memory_tokens", &[k, h])?;
+            Some(to_model(rows, model, &mpath)?)
+        }
+    };
 
     let table = match meta.train_embeddings {
         TrainEmbeddings::Memory => None,
@@ -861,7 +868,7 @@ pub fn load_adapter(dir: &Path, model: &mut Transformer) -> Result<AdapterMeta> 
             .set_lora(lora)
             .map_err(wrap)?;
     }
-    model.set_extra_rows(Some(rows)).map_err(wrap)?;
+    model.set_extra_rows(rows).map_err(wrap)?;
     if let Some(t) = table {
         *model.embedding_mut().table_mut() = t;
     }

@@ -73,6 +73,41 @@ pub(crate) fn file_metadata(id: &str) -> HashMap<String, String> {
     ])
 }
 
+/// Rewrites the `__metadata__` of a serialised file of export `id` with its
+/// keys in a fixed order. `safetensors` writes that map in `HashMap` order,
+/// which differs from process to process: the same adapter saved twice
+/// would differ in its header bytes. Same keys and values, so same length.
+pub(crate) fn sort_metadata(file: &mut [u8], id: &str) -> std::result::Result<(), String> {
+    let written = file_metadata(id);
+    let sorted: std::collections::BTreeMap<_, _> = written.iter().collect();
+    let want = serde_json::to_string(&sorted).map_err(|e| e.to_string())?;
+    let n = file
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+        .ok_or("no header")?;
+    let header = file.get_mut(8..8 + n).ok_or("header past the end")?;
+    let key = b"\"__metadata__\":";
+    let at = header
+        .windows(key.len())
+        .position(|w| w == key)
+        .ok_or("no __metadata__ in the header")?
+        + key.len();
+    // Our keys and values hold no braces, so the map ends at the first `}`.
+    let end = at
+        + header[at..]
+            .iter()
+            .position(|&b| b == b'}')
+            .ok_or("unterminated __metadata__")?
+        + 1;
+    let found: HashMap<String, String> =
+        serde_json::from_slice(&header[at..end]).map_err(|e| e.to_string())?;
+    if found != written || end - at != want.len() {
+        return Err(format!("unexpected __metadata__ {found:?}"));
+    }
+    header[at..end].copy_from_slice(want.as_bytes());
+    Ok(())
+}
+
 /// The export id in a safetensors file's header, if it has one.
 fn read_export_id(path: &Path) -> Result<Option<String>> {
     let mut f = std::fs::File::open(path).map_err(io(path))?;
@@ -150,5 +185,33 @@ mod tests {
         assert_ne!(a, content_id([&b"abcdefghijk"[..]]));
         assert_ne!(a, content_id([&b"abcdefghij"[..], b"k\0"]));
         assert_eq!(a.len(), 16);
+    }
+
+    #[test]
+    fn metadata_is_written_in_one_order() {
+        let id = content_id([&b"x"[..]]);
+        let bytes = |seed: u64| {
+            // Different insertion histories give HashMaps different orders.
+            let mut m = super::file_metadata(&id);
+            for i in 0..seed {
+                m.insert(format!("k{i}"), String::new());
+                m.remove(&format!("k{i}"));
+            }
+            let data = [0u8; 4];
+            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &data)
+                .unwrap();
+            let mut b = safetensors::tensor::serialize([("t", v)], Some(m)).unwrap();
+            super::sort_metadata(&mut b, &id).unwrap();
+            b
+        };
+        let first = bytes(0);
+        for s in 1..20 {
+            assert_eq!(bytes(s), first);
+        }
+        let text = String::from_utf8_lossy(&first);
+        assert!(
+            text.contains(r#""__metadata__":{"format":"pt","llm2comp_export_id":"#),
+            "{text}"
+        );
     }
 }

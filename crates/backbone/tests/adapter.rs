@@ -593,3 +593,35 @@ fn a_directory_mixing_two_saves_is_refused() {
     assert!(!has_adapter(&b));
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// An adapter of LoRA alone (k = 0: the MNTP baseline's) saves without a
+/// memory file, loads back bit-identical with no extra rows, and replaces
+/// an earlier adapter's memory rows rather than leaving them beside it.
+#[test]
+fn a_lora_only_adapter_round_trips_without_memory_rows() {
+    let (base, with_rows, meta_k) = adapted(false);
+    let mut m = with_rows.clone();
+    m.set_extra_rows(None).unwrap();
+    let meta = AdapterMeta::new("tiny/base", &m, 0, &lora_config(), TrainEmbeddings::Memory);
+    let root = tmp_dir("adapter-k0");
+    let d = root.join("a");
+    save_adapter(&d, &with_rows, &meta_k).unwrap();
+    assert!(d.join(MEMORY_FILE).is_file());
+    save_adapter(&d, &m, &meta).unwrap();
+    assert!(
+        !d.join(MEMORY_FILE).exists(),
+        "the earlier save's memory rows stay behind"
+    );
+    let mut loaded = base.clone();
+    let got = load_adapter(&d, &mut loaded).unwrap();
+    assert_eq!(got.memory_tokens, 0);
+    assert!(loaded.embedding().extra().is_none());
+    let ids = [3, 9, 17, 4];
+    assert_eq!(hidden(&loaded, &ids), hidden(&m, &ids));
+    // A model with memory rows cannot be saved as a k = 0 adapter, nor the reverse.
+    let e = save_adapter(&root.join("b"), &with_rows, &meta)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("3 memory-token rows, the meta says 0"), "{e}");
+    std::fs::remove_dir_all(&root).unwrap();
+}

@@ -144,13 +144,24 @@ impl ModelEncoder {
                 args.model.display()
             );
         }
-        let has_memory = merged.is_some() || args.adapter.is_some();
+        // An adapter of LoRA alone (k = 0, the MNTP baseline's) is trained
+        // bidirectionally like the others but has nothing to pool but text.
+        // An unreadable meta is left for load_adapter to report.
+        let adapter_k = args
+            .adapter
+            .as_ref()
+            .map(|d| AdapterMeta::read(&d.join(adapter::META_FILE)).map_or(1, |m| m.memory_tokens));
+        let adapted = merged.is_some() || args.adapter.is_some();
+        let has_memory = merged
+            .as_ref()
+            .map_or(adapter_k.unwrap_or(0), |m| m.memory_tokens)
+            > 0;
         let pooling_arg = args.pooling.unwrap_or(if has_memory {
             PoolingArg::Memory
         } else {
             PoolingArg::Mean
         });
-        let attention = args.attention.unwrap_or(if has_memory {
+        let attention = args.attention.unwrap_or(if adapted {
             AttentionArg::Bidirectional
         } else {
             AttentionArg::Causal
@@ -158,8 +169,12 @@ impl ModelEncoder {
         if pooling_arg == PoolingArg::Memory && !has_memory {
             bail!(
                 "--pooling memory needs an LLM2Comp adapter with memory tokens (--adapter DIR, or \
-                 a merged model directory with an llm2comp.json); a base model has none: use mean \
-                 or last"
+                 a merged model directory with an llm2comp.json); {} has none: use mean or last",
+                if adapted {
+                    "this adapter (LoRA only)"
+                } else {
+                    "a base model"
+                }
             );
         }
         let start = Instant::now();
@@ -211,9 +226,10 @@ impl ModelEncoder {
         // [BOS] text <mem>: the text gets what --max-length leaves. BOS as
         // `pretrain` finds it (tokenizer, else config.json), so the encoder
         // sees what it was trained on; a model with none gets none.
-        let bos = memory
-            .as_ref()
-            .and(tokenizer.bos_id().or(transformer.config().bos_token_id));
+        // A LoRA-only adapter was trained on `[BOS] text` (MNTP) and reads the same.
+        let bos = (memory.is_some() || (adapted && !has_memory))
+            .then(|| tokenizer.bos_id().or(transformer.config().bos_token_id))
+            .flatten();
         let prefix: Vec<u32> = bos.into_iter().collect();
         let suffix = memory.unwrap_or_default();
         let text_max = args

@@ -12,6 +12,7 @@ mod npy;
 mod output_path;
 mod pipeline;
 mod pretrain;
+mod pretrain_mntp;
 mod rss;
 mod selftest;
 mod texts;

@@ -34,12 +34,20 @@ pub struct Args {
     /// The JSONL field holding the text.
     #[arg(long, default_value = "text")]
     pub text_field: String,
-    /// Pretext objective: rc (reconstruction), nll (continuation) or kl (distilled continuation).
+    /// Pretext objective: rc (reconstruction), nll (continuation), kl (distilled
+    /// continuation), or mntp (LLM2Vec's masked next-token prediction, the baseline).
     #[arg(long, default_value = "kl")]
-    pub objective: Objective,
-    /// Memory tokens k appended after the text.
-    #[arg(long, default_value_t = 8)]
-    pub memory_tokens: usize,
+    pub objective: Pretext,
+    /// Memory tokens k appended after the text [default: 8; mntp has none].
+    #[arg(long)]
+    pub memory_tokens: Option<usize>,
+    /// mntp: share of text tokens chosen for prediction (LLM2Vec's for Llama).
+    #[arg(long, default_value_t = llm2comp_compress::mntp::MNTP_MASK_RATE)]
+    pub mask_rate: f32,
+    /// mntp: the token that replaces a chosen one (LLM2Vec's "blank" mask for
+    /// tokenizers without a mask token).
+    #[arg(long, default_value = "_")]
+    pub mask_token: String,
     /// LoRA rank.
     #[arg(long, default_value_t = 16)]
     pub lora_r: usize,
@@ -78,6 +86,37 @@ pub struct Args {
     pub train: TrainArgs,
 }
 
+/// A stage-1 objective: one of the compression pretexts, or the MNTP baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pretext {
+    /// rc, nll or kl.
+    Compress(Objective),
+    /// LLM2Vec's masked next-token prediction.
+    Mntp,
+}
+
+impl std::str::FromStr for Pretext {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s.eq_ignore_ascii_case("mntp") {
+            return Ok(Self::Mntp);
+        }
+        s.parse::<Objective>()
+            .map(Self::Compress)
+            .map_err(|_| format!("unknown objective {s:?}: expected rc, nll, kl or mntp"))
+    }
+}
+
+impl std::fmt::Display for Pretext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Compress(o) => o.fmt(f),
+            Self::Mntp => f.write_str("mntp"),
+        }
+    }
+}
+
 /// Stage 1's optimiser settings (METHOD.md).
 pub const DEFAULTS: StageDefaults = StageDefaults {
     lr: 1e-4,
@@ -85,6 +124,18 @@ pub const DEFAULTS: StageDefaults = StageDefaults {
     weight_decay: 1e-5,
     clip: 2.0,
 };
+
+/// The adapters `args` ask for, validated.
+pub fn lora_config(args: &Args) -> Result<LoraConfig> {
+    let lora = LoraConfig {
+        r: args.lora_r,
+        alpha: args.lora_alpha,
+        dropout: args.lora_dropout,
+        targets: lora_targets(&args.lora_targets)?,
+    };
+    lora.validate()?;
+    Ok(lora)
+}
 
 fn lora_targets(list: &str) -> Result<Vec<LoraTarget>> {
     let mut out = Vec::new();
@@ -110,22 +161,21 @@ fn lora_targets(list: &str) -> Result<Vec<LoraTarget>> {
 
 /// Runs the command.
 pub fn run(args: &Args, threads: usize) -> Result<()> {
+    let objective = match args.objective {
+        Pretext::Compress(o) => o,
+        Pretext::Mntp => return crate::pretrain_mntp::run(args, threads),
+    };
+    let memory_tokens = args.memory_tokens.unwrap_or(8);
     let t = &args.train;
     let out = t.out_dir("compression training", true)?;
     let device = t.device()?;
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let lora = LoraConfig {
-        r: args.lora_r,
-        alpha: args.lora_alpha,
-        dropout: args.lora_dropout,
-        targets: lora_targets(&args.lora_targets)?,
-    };
-    lora.validate()?;
+    let lora = lora_config(args)?;
     let cfg = CompressConfig {
-        objective: args.objective,
-        memory_tokens: args.memory_tokens,
+        objective,
+        memory_tokens,
         lora,
         train_embeddings: args.train_embeddings,
         checkpoint: t.checkpoint_activations,
@@ -143,8 +193,8 @@ pub fn run(args: &Args, threads: usize) -> Result<()> {
         &args.data,
         &input.texts,
         &tokenizer,
-        args.objective,
-        args.memory_tokens,
+        objective,
+        memory_tokens,
         &data_opts,
     )?;
     let st = corpus.stats();
@@ -193,8 +243,8 @@ pub fn run(args: &Args, threads: usize) -> Result<()> {
     eprintln!(
         "pretrain: objective {}, k = {}, {steps} steps x {} passages x {} accumulation, lr {} \
          (warm-up {} from {}, {} decay), {on} -> {}",
-        args.objective,
-        args.memory_tokens,
+        objective,
+        memory_tokens,
         args.batch_size,
         t.grad_accum,
         tc.schedule.lr,

@@ -563,3 +563,139 @@ fn the_pipeline_runs_every_stage_then_continues_without_redoing_them() {
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     assert_eq!(again["rows"], doc["rows"]);
 }
+
+/// `pretrain --objective mntp` (the LLM2Vec baseline): a LoRA-only adapter
+/// (no memory file, k = 0 in llm2comp.json), a resumed run identical to an
+/// uninterrupted one, `embed` using the adapter with mean pooling by
+/// default, and the settings that make no sense for MNTP refused.
+#[test]
+fn mntp_trains_a_lora_only_adapter_that_embed_uses_and_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = (model_dir(tmp.path()), data(tmp.path()));
+    let mntp = |out: &Path, extra: &[&str]| {
+        let mut a = vec![
+            "--threads",
+            "1",
+            "pretrain",
+            "--objective",
+            "mntp",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--lora-r",
+            "4",
+            "--batch-size",
+            "2",
+            "--lr",
+            "1e-3",
+            "--max-length",
+            "64",
+            "--quiet",
+        ];
+        a.extend_from_slice(extra);
+        // The tiny tokenizer has no "_": any one of its tokens serves.
+        if !extra.contains(&"--mask-token") {
+            a.extend(["--mask-token", "[UNK]"]);
+        }
+        llm2comp(&a)
+    };
+    let whole = tmp.path().join("whole");
+    let o = mntp(&whole, &["--steps", "4", "--save-every", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(losses(&whole).len(), 4);
+    assert!(!whole.join("memory_tokens.safetensors").exists());
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(whole.join("llm2comp.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (meta["objective"].as_str(), meta["memory_tokens"].as_u64()),
+        (Some("mntp"), Some(0))
+    );
+
+    let split = tmp.path().join("split");
+    let o = mntp(&split, &["--steps", "2", "--save-every", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = split.to_str().unwrap();
+    let o = mntp(
+        &split,
+        &["--steps", "4", "--save-every", "2", "--resume", s],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        losses(&whole),
+        losses(&split),
+        "the resumed loss curve differs"
+    );
+    let a = std::fs::read(whole.join("adapter_model.safetensors")).unwrap();
+    let b = std::fs::read(split.join("adapter_model.safetensors")).unwrap();
+    assert!(
+        a == b,
+        "resumed adapters differ from the uninterrupted run's"
+    );
+
+    let input = tmp.path().join("in.txt");
+    std::fs::write(&input, "wind build old moon\nquiet red song\n").unwrap();
+    let embed = |adapter: Option<&Path>, out: &Path| {
+        let mut a = vec![
+            "--threads",
+            "1",
+            "embed",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ];
+        if let Some(d) = adapter {
+            a.extend(["--adapter", d.to_str().unwrap()]);
+        }
+        llm2comp(&a)
+    };
+    let (e1, e0) = (tmp.path().join("mntp.npy"), tmp.path().join("base.npy"));
+    let o = embed(Some(&whole), &e1);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(embed(None, &e0).status.success());
+    let (r1, r0) = (npy_rows(&e1), npy_rows(&e0));
+    assert_eq!(r1.len(), 2);
+    assert!(r1.iter().flatten().all(|x| x.is_finite()));
+    assert_ne!(r1, r0, "the adapter changed nothing");
+    let o = llm2comp(&[
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--adapter",
+        whole.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        e1.to_str().unwrap(),
+        "--pooling",
+        "memory",
+    ]);
+    assert!(
+        stderr(&o).contains("this adapter (LoRA only)"),
+        "{}",
+        stderr(&o)
+    );
+
+    for (flags, want) in [
+        (
+            &["--memory-tokens", "4"][..],
+            "mntp trains no memory tokens",
+        ),
+        (
+            &["--train-embeddings", "all"][..],
+            "mntp trains the adapters only",
+        ),
+        (&["--mask-rate", "1.5"][..], "--mask-rate 1.5"),
+        (&["--mask-token", "zzz-not-a-word"][..], "is not one token"),
+    ] {
+        let o = mntp(&tmp.path().join("bad"), flags);
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains(want), "{flags:?}: {}", stderr(&o));
+    }
+}
