@@ -32,15 +32,22 @@ export LD_LIBRARY_PATH="${libdirs}:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 } 2>&1 | tee "$out/env.txt"
 
 status=0
-echo "== GPU tests"
-# One thread: the tests share one device and print figures as they go.
-"$bin/gpu-tests" --test-threads=1 --nocapture 2>&1 | tee "$out/gpu-tests.log"
-[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-# On this machine a GPU test that skipped (no device, a device that failed to
-# open) is a failure, not a pass.
-skipped=$(grep -c "SKIPPED" "$out/gpu-tests.log")
-echo "GPU tests that printed SKIPPED: $skipped"
-[ "$skipped" -eq 0 ] || { grep "SKIPPED" "$out/gpu-tests.log" | head; status=1; }
+# One thread: the tests share one device and print figures as they go. On
+# this machine a GPU test that skipped (no device, a device that failed to
+# open) is a failure, not a pass; so is a missing executable.
+for suite in gpu-tests gpu-tests-contrast; do
+    echo "== GPU tests: $suite at ${SECONDS}s"
+    if [ ! -x "$bin/$suite" ]; then
+        echo "$suite: missing from $bin (run scripts/gpu-build.sh): FAILED"
+        status=1
+        continue
+    fi
+    "$bin/$suite" --test-threads=1 --nocapture 2>&1 | tee "$out/$suite.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+    skipped=$(grep -c "SKIPPED" "$out/$suite.log")
+    echo "$suite: tests that printed SKIPPED: $skipped"
+    [ "$skipped" -eq 0 ] || { grep "SKIPPED" "$out/$suite.log" | head; status=1; }
+done
 
 if command -v compute-sanitizer >/dev/null && [ -z "${SKIP_SANITIZER:-}" ]; then
     # Small cases of every kernel family: the `small` tests, plus the small-op

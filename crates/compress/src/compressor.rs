@@ -138,8 +138,10 @@ impl Compressor {
     pub fn to_device(&self, device: Device, dtype: DType) -> Result<Self> {
         if device.is_cuda() && self.cfg.train_embeddings == TrainEmbeddings::All {
             return Err(CompressError::Config(
-                "--train-embeddings all trains the whole table, whose gradient is computed on \
-                 the CPU only; use --train-embeddings memory on CUDA"
+                "--train-embeddings all is not supported on CUDA yet: the model computes in \
+                 its table's dtype (bf16), and a trained table would need an f32 master copy \
+                 beside it, which the embedding layer does not keep; use --train-embeddings \
+                 memory on CUDA, or train on the CPU"
                     .into(),
             ));
         }
