@@ -111,7 +111,7 @@ fn lora_targets(list: &str) -> Result<Vec<LoraTarget>> {
 /// Runs the command.
 pub fn run(args: &Args, threads: usize) -> Result<()> {
     let t = &args.train;
-    let out = t.out_dir("compression training", true)?;
+    let out = t.out_dir()?;
     let device = t.device()?;
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
