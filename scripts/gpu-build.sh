@@ -11,8 +11,10 @@ mkdir -p "$out"
 
 # The GPU test target of a crate (`--test gpu`), copied to gpu-bin/NAME:
 # the tensor crate's kernels against the CPU ops (gpu-tests), and the
-# contrastive step on CUDA against the CPU's (gpu-tests-contrast; the tensor
-# crate cannot depend on the contrastive crate, so it is a second executable).
+# training steps on CUDA against the CPU's: stage 1 with the whole table
+# trained (gpu-tests-compress) and the contrastive step (gpu-tests-contrast).
+# The tensor crate cannot depend on the crates above it, hence one
+# executable per crate.
 gpu_test() {
     local exe
     exe=$(cargo test --release --locked -p "$1" --test gpu --no-run --message-format=json 2>/dev/null |
@@ -25,6 +27,7 @@ for l in sys.stdin:
     cp "$exe" "$out/$2"
 }
 gpu_test llm2comp-tensor gpu-tests
+gpu_test llm2comp-compress gpu-tests-compress
 gpu_test llm2comp-contrast gpu-tests-contrast
 
 # GPU benchmark binaries (each skips cleanly without a device).

@@ -35,7 +35,7 @@ status=0
 # One thread: the tests share one device and print figures as they go. On
 # this machine a GPU test that skipped (no device, a device that failed to
 # open) is a failure, not a pass; so is a missing executable.
-for suite in gpu-tests gpu-tests-contrast; do
+for suite in gpu-tests gpu-tests-compress gpu-tests-contrast; do
     echo "== GPU tests: $suite at ${SECONDS}s"
     if [ ! -x "$bin/$suite" ]; then
         echo "$suite: missing from $bin (run scripts/gpu-build.sh): FAILED"

@@ -139,13 +139,11 @@ pub fn run(args: &Args, threads: usize) -> Result<()> {
         .with_context(|| format!("continuing from the adapter {}", args.adapter.display()))?;
     let k = chained.meta.memory_tokens;
     if device.is_cuda() && chained.meta.train_embeddings == TrainEmbeddings::All {
-        // The stage saves the table it loaded; on CUDA only its bf16 copy
-        // would be at hand, and the adapter would silently lose precision.
-        bail!(
-            "--device {device}: {} trained the whole embedding table (--train-embeddings \
-             all), which this stage would save from its bf16 device copy; run it on the CPU",
-            args.adapter.display()
-        );
+        // The stage saves the table it loaded (frozen here). Moved as is, only
+        // its bf16 copy would be on the device and the saved adapter would
+        // lose precision; an f32 master travels with it and is what is saved.
+        let table = (**transformer.embedding().table()).clone();
+        transformer.embedding_mut().set_master(Some(table))?;
     }
     if args.max_length < k + 2 {
         bail!(
