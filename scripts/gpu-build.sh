@@ -9,14 +9,26 @@ out=gpu-bin
 rm -rf "$out"
 mkdir -p "$out"
 
-# The one GPU test target of the tensor crate.
-exe=$(cargo test --release --locked -p llm2comp-tensor --test gpu --no-run --message-format=json 2>/dev/null |
-    python3 -c 'import json,sys
+# The GPU test target of a crate (`--test gpu`), copied to gpu-bin/NAME:
+# the tensor crate's kernels against the CPU ops (gpu-tests), and the
+# training steps on CUDA against the CPU's: stage 1 with the whole table
+# trained (gpu-tests-compress) and the contrastive step (gpu-tests-contrast).
+# The tensor crate cannot depend on the crates above it, hence one
+# executable per crate.
+gpu_test() {
+    local exe
+    exe=$(cargo test --release --locked -p "$1" --test gpu --no-run --message-format=json 2>/dev/null |
+        python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "gpu" and m.get("executable"):
         print(m["executable"])')
-cp "$exe" "$out/gpu-tests"
+    [ -n "$exe" ] || { echo "gpu-build: no GPU test executable from $1" >&2; exit 1; }
+    cp "$exe" "$out/$2"
+}
+gpu_test llm2comp-tensor gpu-tests
+gpu_test llm2comp-compress gpu-tests-compress
+gpu_test llm2comp-contrast gpu-tests-contrast
 
 # GPU benchmark binaries (each skips cleanly without a device).
 bins=()

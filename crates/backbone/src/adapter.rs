@@ -555,7 +555,8 @@ fn write_adapter_files(
         ));
     }
     if meta.train_embeddings == TrainEmbeddings::All {
-        let table = model.embedding().table();
+        // The master when the table trained as one (CUDA), not its bf16 copy.
+        let table = model.embedding().trained_table();
         let bytes = f32_bytes(table, &dir.join(EMBED_FILE), "weight")?;
         files.push((
             EMBED_FILE,
@@ -870,7 +871,10 @@ pub fn load_adapter(dir: &Path, model: &mut Transformer) -> Result<AdapterMeta> 
     }
     model.set_extra_rows(rows).map_err(wrap)?;
     if let Some(t) = table {
-        *model.embedding_mut().table_mut() = t;
+        let e = model.embedding_mut();
+        *e.table_mut() = t;
+        // A master of the previous table would shadow the loaded one.
+        e.set_master(None).map_err(wrap)?;
     }
     Ok(meta)
 }

@@ -7,13 +7,19 @@
 //! the two (rank r₁ + r₂ over the original base), so it is used alone, like
 //! any other: `embed --adapter`, `eval --adapter`, `merge`, PEFT, or the
 //! `--adapter` of the next stage.
+//!
+//! With `--device cuda` the chained model is built on the CPU in f32 (the
+//! merge is exact there), then moved as stage 1's is: frozen weights in
+//! bf16, the fresh adapters and the memory rows as f32 masters.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use llm2comp_backbone::TrainEmbeddings;
 use llm2comp_compress::Exporter;
 use llm2comp_contrast::data::{parse_triples_bytes, tokenize_triples};
 use llm2comp_contrast::{ContrastConfig, ContrastData, ContrastTask, Encoder, chain_stage};
+use llm2comp_tensor::DType;
 use llm2comp_train::TrainError;
 use serde_json::json;
 
@@ -113,7 +119,8 @@ pub const SUP_DEFAULTS: StageDefaults = StageDefaults {
 /// Runs the command.
 pub fn run(args: &Args, threads: usize) -> Result<()> {
     let t = &args.train;
-    let out = t.out_dir("contrastive training", false)?;
+    let out = t.out_dir()?;
+    let device = t.device()?;
     if args.batch_size == 0 || args.mini_batch == 0 {
         bail!("--batch-size and --mini-batch must be at least 1");
     }
@@ -131,6 +138,13 @@ pub fn run(args: &Args, threads: usize) -> Result<()> {
     let chained = chain_stage(&mut transformer, &args.adapter, lora_dropout, t.seed)
         .with_context(|| format!("continuing from the adapter {}", args.adapter.display()))?;
     let k = chained.meta.memory_tokens;
+    if device.is_cuda() && chained.meta.train_embeddings == TrainEmbeddings::All {
+        // The stage saves the table it loaded (frozen here). Moved as is, only
+        // its bf16 copy would be on the device and the saved adapter would
+        // lose precision; an f32 master travels with it and is what is saved.
+        let table = (**transformer.embedding().table()).clone();
+        transformer.embedding_mut().set_master(Some(table))?;
+    }
     if args.max_length < k + 2 {
         bail!(
             "--max-length {} leaves no room for text beside BOS and {k} memory tokens",
@@ -188,7 +202,17 @@ pub fn run(args: &Args, threads: usize) -> Result<()> {
         mini_batch: Some(args.mini_batch),
         checkpoint: t.checkpoint_activations,
     };
-    let enc = Encoder::new(transformer, bos, cfg)?;
+    let mut enc = Encoder::new(transformer, bos, cfg)?;
+    if device.is_cuda() {
+        enc = enc
+            .to_device(device, DType::BF16)
+            .with_context(|| format!("moving the contrastive model to {device}"))?;
+    }
+    let on = if device.is_cuda() {
+        format!("on {device} (bf16; adapters and memory rows f32)")
+    } else {
+        format!("on cpu with {threads} threads")
+    };
     let n = data.len();
     let per_step = (args.batch_size * t.grad_accum) as f64;
     let steps = t.steps(|e| ((n as f64 * e) / per_step).ceil().max(1.0) as u64)?;
@@ -217,7 +241,7 @@ pub fn run(args: &Args, threads: usize) -> Result<()> {
     eprintln!(
         "contrast: {} (stage {stage}), k = {k}, fresh LoRA r {} over {}, {steps} steps x {} \
          examples x {} accumulation (mini-batch {}), lr {} (warm-up {}), tau {}, attention \
-         dropout {attn}, on cpu with {threads} threads -> {}",
+         dropout {attn}, {on} -> {}",
         args.mode.name(),
         chained.lora.r,
         args.adapter.display(),

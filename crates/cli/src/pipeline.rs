@@ -9,6 +9,10 @@
 //! and the final `results.json` / `results.md`. Rerunning the same command
 //! continues where it stopped: an interrupted stage resumes from its last
 //! checkpoint, finished stages and evaluations are kept.
+//!
+//! `--device` goes to every stage and every evaluation alike: on CUDA each
+//! trains and embeds with bf16 frozen weights (f32 adapters and memory rows),
+//! which is what a later rerun on the same device resumes.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -78,6 +82,9 @@ pub struct Args {
     /// Seed of every stage.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Device of every stage and evaluation: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Evaluation tasks (comma-separated; see `llm2comp eval --help`).
     #[arg(long, default_value = llm2comp_eval::tasks::DEFAULT_TASKS)]
     pub eval_tasks: String,
@@ -199,6 +206,7 @@ fn evaluate(args: &Args, label: &str, adapter: Option<&Path>, json: &Path) -> Re
         .flag("--data-dir", &args.eval_data_dir)
         .flag("--max-length", args.max_length.to_string())
         .flag("--json", json)
+        .flag("--device", &args.device)
         .opt("--limit", args.eval_limit);
     argv = match adapter {
         Some(a) => argv.flag("--adapter", a),
@@ -213,6 +221,11 @@ fn evaluate(args: &Args, label: &str, adapter: Option<&Path>, json: &Path) -> Re
 
 /// Runs the command.
 pub fn run(args: &Args, threads: usize) -> Result<()> {
+    // Before any data or stage: a missing device is the first thing to say.
+    let device = llm2comp_tensor::Device::parse(&args.device)?;
+    device
+        .check()
+        .with_context(|| format!("--device {device}"))?;
     for (what, p) in [
         ("--pretrain-data", &args.pretrain_data),
         ("--eval-data-dir", &args.eval_data_dir),
@@ -259,6 +272,7 @@ pub fn run(args: &Args, threads: usize) -> Result<()> {
         .flag("--batch-size", args.pretrain_batch_size.to_string())
         .flag("--max-length", args.max_length.to_string())
         .flag("--seed", args.seed.to_string())
+        .flag("--device", &args.device)
         .opt("--steps", args.pretrain_steps)
         .flag("--out", &stage1)
         .extra(&args.pretrain_args);
@@ -323,6 +337,7 @@ pub fn run(args: &Args, threads: usize) -> Result<()> {
             .flag("--mini-batch", args.mini_batch.to_string())
             .flag("--max-length", args.max_length.to_string())
             .flag("--seed", args.seed.to_string())
+            .flag("--device", &args.device)
             .opt("--steps", steps)
             .flag("--out", dir);
         if mode == "sup" {

@@ -167,7 +167,7 @@ pub fn run(args: &Args, threads: usize) -> Result<()> {
     };
     let memory_tokens = args.memory_tokens.unwrap_or(8);
     let t = &args.train;
-    let out = t.out_dir("compression training", true)?;
+    let out = t.out_dir()?;
     let device = t.device()?;
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");

@@ -16,7 +16,10 @@ use crate::texts;
 /// Runs `pretrain` with the MNTP objective.
 pub fn run(args: &Args, threads: usize) -> Result<()> {
     let t = &args.train;
-    let out = t.out_dir("MNTP training", false)?;
+    if t.device()?.is_cuda() {
+        bail!("--device {}: mntp trains on the CPU for now", t.device()?);
+    }
+    let out = t.out_dir()?;
     if let Some(k) = args.memory_tokens {
         bail!("--memory-tokens {k}: mntp trains no memory tokens (its adapter is LoRA only)");
     }

@@ -80,8 +80,9 @@ pub struct TrainArgs {
     /// Recompute each block in backward instead of keeping activations (less memory, ~1.3x the time).
     #[arg(long)]
     pub checkpoint_activations: bool,
-    /// Device: cpu, or for `pretrain` cuda / cuda:N (frozen weights in bf16,
-    /// adapters and memory rows as f32 masters).
+    /// Device: cpu, or cuda / cuda:N (frozen weights in bf16, adapters and
+    /// memory rows as f32 masters with their gradients and AdamW moments on
+    /// the device).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Steps between progress lines when stderr is not a terminal.
@@ -136,23 +137,19 @@ pub fn run_dir(path: &Path) -> PathBuf {
 
 impl TrainArgs {
     /// The output directory (`--out`, or the run `--resume` names), after
-    /// checking the flags that need no data: the device (`cuda_ok`: whether
-    /// this stage trains on CUDA; a CUDA device must be present), the accumulation.
-    pub fn out_dir(&self, what: &str, cuda_ok: bool) -> Result<PathBuf> {
+    /// checking the flags that need no data: the device (a CUDA device must
+    /// be present), the accumulation.
+    pub fn out_dir(&self) -> Result<PathBuf> {
         let out = match (&self.out, &self.resume) {
             (Some(o), _) => o.clone(),
             (None, Some(r)) => run_dir(r),
             (None, None) => bail!("--out DIR is required (or --resume DIR to continue a run)"),
         };
         let device = self.device()?;
-        if device != Device::Cpu && !cuda_ok {
-            bail!(
-                "--device {device}: {what} runs on the CPU for now (its backward is not on the \
-                 GPU yet); CUDA serves `pretrain`, `embed` and `eval`"
-            );
-        }
         // Before reading any data: a missing driver or device is the first thing to say.
-        device.check()?;
+        device
+            .check()
+            .with_context(|| format!("--device {device}"))?;
         if self.grad_accum == 0 {
             bail!("--grad-accum must be at least 1");
         }

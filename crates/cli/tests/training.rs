@@ -391,12 +391,22 @@ fn contrast_refuses_bad_settings_and_data_clearly() {
     let o = contrast(&model, &missing, &out, "unsup", &data, &[]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("no-adapter"), "{}", stderr(&o));
-    let o = contrast(&model, &pre, &out, "unsup", &data, &["--device", "cuda"]);
-    assert!(
-        !o.status.success() && stderr(&o).contains("CPU"),
-        "{}",
-        stderr(&o)
-    );
+    // Contrast trains on CUDA: without a device (here: no driver; on a GPU
+    // machine: no 8th device) it fails for want of one, naming the device,
+    // before reading any data, and no longer says the stage is CPU-only.
+    let mut devices = vec!["cuda:7"];
+    if llm2comp_tensor::cuda::device_count() == 0 {
+        devices.push("cuda");
+    }
+    for dev in devices {
+        let o = contrast(&model, &pre, &out, "unsup", &data, &["--device", dev]);
+        let e = stderr(&o);
+        assert!(!o.status.success(), "--device {dev} was accepted: {e}");
+        assert!(
+            e.contains(&format!("--device {dev}")) && !e.contains("runs on the CPU"),
+            "--device {dev}: {e}"
+        );
+    }
     // --out: a directory of other files is refused, not mixed into.
     let mine = tmp.path().join("mine");
     std::fs::create_dir(&mine).unwrap();
@@ -692,10 +702,41 @@ fn mntp_trains_a_lora_only_adapter_that_embed_uses_and_resumes_exactly() {
             "mntp trains the adapters only",
         ),
         (&["--mask-rate", "1.5"][..], "--mask-rate 1.5"),
+        (&["--device", "cuda"][..], "mntp trains on the CPU for now"),
         (&["--mask-token", "zzz-not-a-word"][..], "is not one token"),
     ] {
         let o = mntp(&tmp.path().join("bad"), flags);
         assert!(!o.status.success());
         assert!(stderr(&o).contains(want), "{flags:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn the_pipeline_on_a_missing_device_fails_before_any_stage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = (model_dir(tmp.path()), data(tmp.path()));
+    let out = tmp.path().join("run");
+    // Here: no driver; on a GPU machine: no 8th device.
+    let mut devices = vec!["cuda:7"];
+    if llm2comp_tensor::cuda::device_count() == 0 {
+        devices.push("cuda");
+    }
+    for dev in devices {
+        let o = llm2comp(&[
+            "pipeline",
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--pretrain-data",
+            data.to_str().unwrap(),
+            "--device",
+            dev,
+        ]);
+        let e = stderr(&o);
+        assert!(!o.status.success(), "--device {dev} was accepted: {e}");
+        assert!(e.contains(&format!("--device {dev}")), "{e}");
+        assert!(!e.contains("=== eval"), "a stage ran: {e}");
+        assert!(!out.exists(), "the run directory was created");
     }
 }

@@ -9,7 +9,8 @@
 //! mask (chosen per call by [`Pass`]). Decoder and teacher read their token
 //! rows from `base_table`, a handle to the original embedding table taken
 //! before training: with `--train-embeddings all` the encoder's table is
-//! copied on first write, and the decoder must keep the original rows (and,
+//! copied on first write (after `to_device`, the encoder trains an f32
+//! master of it instead), and the decoder must keep the original rows (and,
 //! for a tied model, the original LM head). The losses are the fused linear
 //! cross-entropy / KL, which never build [tokens × vocab] logits.
 //!
@@ -134,16 +135,19 @@ impl Compressor {
     }
 
     /// This compressor on `device` in `dtype` (frozen weights; adapters and
-    /// memory rows stay f32), with fresh zero gradient buffers there.
+    /// memory rows stay f32), with fresh zero gradient buffers there. With
+    /// `--train-embeddings all` the encoder reads and trains an f32 master
+    /// of the table (`TokenEmbedding::set_master`), its gradient scattered
+    /// on the device, while the table in `dtype` stays the original the
+    /// decoder, the teacher and a tied head read.
     pub fn to_device(&self, device: Device, dtype: DType) -> Result<Self> {
-        if device.is_cuda() && self.cfg.train_embeddings == TrainEmbeddings::All {
-            return Err(CompressError::Config(
-                "--train-embeddings all trains the whole table, whose gradient is computed on \
-                 the CPU only; use --train-embeddings memory on CUDA"
-                    .into(),
-            ));
+        let mut model = self.model.to_device(device, dtype)?;
+        if self.cfg.train_embeddings == TrainEmbeddings::All && model.embedding().master().is_none()
+        {
+            let table = self.model.embedding().trained_table();
+            let master = table.to_device(device)?.try_to_dtype(DType::F32)?;
+            model.embedding_mut().set_master(Some(master))?;
         }
-        let model = self.model.to_device(device, dtype)?;
         Ok(Self::assemble(model, self.bos, self.cfg.clone()))
     }
 

@@ -314,8 +314,7 @@ fn refuses_mismatched_batches_and_models() {
 }
 
 /// A compressor moved with `to_device` (here to the CPU in f32) computes the
-/// same step as the original, bit for bit, into its own gradient buffers;
-/// moving one that trains the whole table to CUDA is refused up front.
+/// same step as the original, bit for bit, into its own gradient buffers.
 #[test]
 fn a_moved_compressor_computes_the_same_step() {
     let objective = Objective::Kl;
@@ -341,13 +340,53 @@ fn a_moved_compressor_computes_the_same_step() {
     let (g0, g1) = (grads(&mut comp), grads(&mut moved));
     assert_eq!(g0.len(), 2 * 2 * 6 + 1);
     assert_eq!(g0, g1);
+}
 
+/// With the whole table trained, a moved compressor reads and trains an f32
+/// master of the table (what CUDA needs beside its bf16 table): on the CPU
+/// it must train exactly as the original, whose table is copied on write,
+/// while its own table and the decoder's stay the originals. The CUDA run
+/// is not checked here (no GPU); without a device, moving is an error.
+#[test]
+fn a_moved_compressor_trains_the_table_through_its_master() {
+    let objective = Objective::Kl;
     let mut c = cfg(objective, 3);
     c.train_embeddings = TrainEmbeddings::All;
-    let comp = compressor(true, c);
-    let e = comp
-        .to_device(Device::Cuda(0), llm2comp_tensor::DType::BF16)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("--train-embeddings"), "{e}");
+    let mut comp = compressor(true, c);
+    let mut moved = comp
+        .to_device(Device::Cpu, llm2comp_tensor::DType::F32)
+        .unwrap();
+    let original = comp.model().embedding().table().to_vec_f32();
+    assert_eq!(
+        moved.model().embedding().master().map(|m| m.to_vec_f32()),
+        Some(original.clone())
+    );
+    let b = pack(&samples(objective), objective, BOS, 3, V).unwrap();
+    let (want, got) = (
+        train(&mut comp, &b, 3, 1e-2),
+        train(&mut moved, &b, 3, 1e-2),
+    );
+    assert_eq!(want, got, "losses");
+    let trained = comp.model().embedding().table().to_vec_f32();
+    assert_ne!(trained, original, "the table trained");
+    let e = moved.model().embedding();
+    assert_eq!(
+        e.master().unwrap().to_vec_f32(),
+        trained,
+        "the master trained"
+    );
+    assert_eq!(e.trained_table().to_vec_f32(), trained);
+    assert_eq!(
+        e.table().to_vec_f32(),
+        original,
+        "the compute table is the original"
+    );
+    assert_eq!(moved.base_table().to_vec_f32(), original);
+    if llm2comp_tensor::cuda::device_count() == 0 {
+        let e = comp
+            .to_device(Device::Cuda(0), llm2comp_tensor::DType::BF16)
+            .unwrap_err()
+            .to_string();
+        assert!(e.to_lowercase().contains("cuda"), "{e}");
+    }
 }

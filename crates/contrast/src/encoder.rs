@@ -21,6 +21,14 @@
 //! (b) take the loss and dL/d embeddings over the full batch, (c) re-run
 //! each mini-batch with activations and backpropagate its rows of dL/demb.
 //! Activation memory is one mini-batch's; the gradient is the full batch's.
+//!
+//! An encoder is built on the CPU in f32 and may move to CUDA
+//! ([`Encoder::to_device`], as `Compressor::to_device` does for stage 1):
+//! frozen weights in bf16, adapters and memory rows as f32 masters with f32
+//! gradient buffers on the device. Embeddings and dL/demb stay f32 on the
+//! model's device; the hidden states and their gradients take the model's
+//! dtype. The step is the same code on both devices; only the InfoNCE op
+//! reads its small [N, H] inputs on the host (`ops::infonce` says why).
 
 use std::ops::Range;
 
@@ -29,6 +37,7 @@ use llm2comp_backbone::{
     TransformerGrads, pooling::PoolingCache,
 };
 use llm2comp_compress::encoder_input::{memory_ids, push_encoder_input};
+use llm2comp_tensor::ops::grad_clip;
 use llm2comp_tensor::{DType, Device, Tensor};
 
 use crate::{ContrastBatch, ContrastError, Result, loss};
@@ -90,19 +99,40 @@ pub struct EmbedCache {
 }
 
 impl Encoder {
-    /// Wraps a CPU f32 model that carries its adapters and k ≥ 1 memory rows.
+    /// Wraps a model that carries its adapters and k ≥ 1 memory rows: an f32
+    /// model on the CPU, or one moved to CUDA by `Transformer::to_device`
+    /// (its adapters and memory rows f32, whatever the compute dtype).
     pub fn new(model: Transformer, bos: u32, cfg: ContrastConfig) -> Result<Self> {
-        if model.device() != Device::Cpu || model.dtype() != DType::F32 {
+        if model.device() == Device::Cpu && model.dtype() != DType::F32 {
             return Err(ContrastError::Config(format!(
-                "contrastive training runs in f32 on the CPU for now; the model is {:?} on {}",
-                model.dtype(),
-                model.device()
+                "contrastive training on the CPU runs in f32; the model is {}",
+                model.dtype()
             )));
         }
         let k = model.embedding().extra().map_or(0, |e| e.shape()[0]);
         if k == 0 {
             return Err(ContrastError::Config(
                 "the model has no memory rows: load a stage-1 adapter first".into(),
+            ));
+        }
+        // The optimiser updates these in place: bf16 masters would lose
+        // every update smaller than 1/256 of the weight.
+        let rows_f32 = model
+            .embedding()
+            .extra()
+            .is_some_and(|e| e.dtype() == DType::F32);
+        let loras_f32 = model.blocks().iter().all(|b| {
+            LoraTarget::ALL.into_iter().all(|t| {
+                b.linear(t)
+                    .lora()
+                    .is_none_or(|l| l.a.dtype() == DType::F32 && l.b.dtype() == DType::F32)
+            })
+        });
+        if !(rows_f32 && loras_f32) {
+            return Err(ContrastError::Config(
+                "the adapters and memory rows must be f32 (the trained masters); move the \
+                 model with Transformer::to_device, which keeps them f32"
+                    .into(),
             ));
         }
         if !(cfg.temperature.is_finite() && cfg.temperature > 0.0) {
@@ -140,6 +170,19 @@ impl Encoder {
             bos,
             cfg,
         })
+    }
+
+    /// This encoder on `device` computing in `dtype` (frozen weights; the
+    /// adapters and memory rows stay f32), with fresh zero gradient buffers
+    /// there. Errors name the device when it is missing.
+    pub fn to_device(&self, device: Device, dtype: DType) -> Result<Self> {
+        let model = self.model.to_device(device, dtype)?;
+        Self::new(model, self.bos, self.cfg.clone())
+    }
+
+    /// The device holding the model, its gradients and every tensor a step makes.
+    pub fn device(&self) -> Device {
+        self.model.device()
     }
 
     /// The model.
@@ -232,14 +275,14 @@ impl Encoder {
     pub fn embed(&self, texts: &[Vec<u32>], dropout: Option<&[u64]>) -> Result<Tensor> {
         Self::check(texts, dropout)?;
         let h = self.model.config().hidden_size;
-        let mut out = Tensor::try_zeros(&[texts.len(), h], DType::F32, Device::Cpu)?;
+        let mut out = Tensor::try_zeros(&[texts.len(), h], DType::F32, self.device())?;
         let pool = Pooling::LastK(self.memory_tokens());
         for rows in self.units(texts.len()) {
             let (ids, cu) = self.pack(&texts[rows.clone()]);
             let pass = self.pass(dropout.map(|s| &s[rows.clone()]));
             let hidden = self.model.infer(Input::Ids(&ids), &cu, &pass)?;
             let (e, _) = pool.forward(&hidden, &cu)?;
-            out.copy_rows(rows.start, &e, 0, rows.len())?;
+            out.copy_rows(rows.start, &f32_rows(e)?, 0, rows.len())?;
         }
         Ok(out)
     }
@@ -252,7 +295,7 @@ impl Encoder {
     ) -> Result<(Tensor, EmbedCache)> {
         Self::check(texts, dropout)?;
         let h = self.model.config().hidden_size;
-        let mut out = Tensor::try_zeros(&[texts.len(), h], DType::F32, Device::Cpu)?;
+        let mut out = Tensor::try_zeros(&[texts.len(), h], DType::F32, self.device())?;
         let pool = Pooling::LastK(self.memory_tokens());
         let mut units = Vec::new();
         for rows in self.units(texts.len()) {
@@ -260,7 +303,7 @@ impl Encoder {
             let pass = self.pass(dropout.map(|s| &s[rows.clone()]));
             let (hidden, tc) = self.model.forward(Input::Ids(&ids), &cu, &pass)?;
             let (e, pc) = pool.forward(&hidden, &cu)?;
-            out.copy_rows(rows.start, &e, 0, rows.len())?;
+            out.copy_rows(rows.start, &f32_rows(e)?, 0, rows.len())?;
             units.push((rows, tc, pc));
         }
         Ok((
@@ -273,13 +316,19 @@ impl Encoder {
     }
 
     /// Adds the gradient of d[N, H] (the loss's gradient w.r.t. forward's
-    /// embeddings) into the adapters' and memory rows' buffers.
+    /// embeddings, f32 on the model's device) into the adapters' and memory
+    /// rows' buffers.
     pub fn backward(&mut self, demb: &Tensor, cache: &EmbedCache) -> Result<()> {
         let h = self.model.config().hidden_size;
         demb.expect_shape("Encoder::backward", "demb", &[cache.rows, h])?;
+        demb.expect_dtype("Encoder::backward", "demb", DType::F32)?;
         for (rows, tc, pc) in &cache.units {
-            let mut d = Tensor::try_zeros(&[rows.len(), h], DType::F32, Device::Cpu)?;
+            let mut d = Tensor::try_zeros(&[rows.len(), h], DType::F32, demb.device())?;
             d.copy_rows(0, demb, rows.start, rows.len())?;
+            // The blocks' backward takes the activations' dtype (bf16 on CUDA).
+            if d.dtype() != self.model.dtype() {
+                d = d.try_to_dtype(self.model.dtype())?;
+            }
             let dhidden = pc.backward(&d)?;
             self.model.backward(&dhidden, tc, Some(&mut self.grads))?;
         }
@@ -321,7 +370,7 @@ impl Encoder {
         for start in (0..n).step_by(mb) {
             let end = (start + mb).min(n);
             let (_, cache) = self.forward(&b.texts[start..end], seeds.map(|s| &s[start..end]))?;
-            let mut dm = Tensor::try_zeros(&[end - start, h], DType::F32, Device::Cpu)?;
+            let mut dm = Tensor::try_zeros(&[end - start, h], DType::F32, d.device())?;
             dm.copy_rows(0, &d, start, end - start)?;
             self.backward(&dm, &cache)?;
         }
@@ -329,13 +378,23 @@ impl Encoder {
     }
 }
 
+/// `t` × `s` in place on its device (dL/demb by the accumulation's scale).
 fn scaled(mut t: Tensor, s: f32) -> Result<Tensor> {
     if s != 1.0 {
-        t.f32s_mut("Encoder::step", "demb")?
-            .iter_mut()
-            .for_each(|x| *x *= s);
+        grad_clip::scale(&mut [&mut t], s)?;
     }
     Ok(t)
+}
+
+/// Pooled rows in f32, the embedding buffer's dtype: the loss, its gradient
+/// and the scale then run in f32 (on a bf16 model the mean itself was
+/// rounded to bf16 like every hidden state). A no-op on an f32 model.
+fn f32_rows(e: Tensor) -> Result<Tensor> {
+    Ok(if e.dtype() == DType::F32 {
+        e
+    } else {
+        e.try_to_dtype(DType::F32)?
+    })
 }
 
 #[cfg(test)]

@@ -291,3 +291,36 @@ fn refuses_a_model_without_memory_rows_and_bad_settings() {
     let enc = Encoder::new(staged_model(1, 0.0), 1, ContrastConfig::simcse()).unwrap();
     assert!(enc.embed(&texts(2, 0), Some(&[1])).is_err());
 }
+
+/// `to_device` builds the copy a CUDA run trains; on the CPU in f32 it must
+/// step exactly as the original (same masks, same GradCache rows, scale by
+/// `grad_clip::scale`), with its own fresh gradient buffers. The CUDA copy is
+/// checked against this one in `tests/gpu.rs` on a GPU machine.
+#[test]
+fn a_moved_copy_steps_exactly_as_the_original() {
+    let cfg = ContrastConfig {
+        mini_batch: Some(3),
+        ..ContrastConfig::simcse()
+    };
+    let mut enc = Encoder::new(staged_model(7, 0.1), 1, cfg).unwrap();
+    let p = texts(4, 2);
+    let refs: Vec<&[u32]> = p.iter().map(Vec::as_slice).collect();
+    let b = simcse(&refs, Some((3, 1, 0))).unwrap();
+    let l1 = enc.step(&b, 0.5).unwrap();
+    let mut moved = enc.to_device(Device::Cpu, DType::F32).unwrap();
+    assert_eq!(moved.device(), Device::Cpu);
+    assert!(
+        grads(&mut moved)
+            .iter()
+            .all(|g| g.2.iter().all(|x| *x == 0.0)),
+        "a moved encoder starts with zero gradients"
+    );
+    let l2 = moved.step(&b, 0.5).unwrap();
+    assert_eq!(l1.to_bits(), l2.to_bits());
+    for ((name, _, a), (_, _, b)) in grads(&mut enc).iter().zip(&grads(&mut moved)) {
+        assert_eq!(a, b, "{name}");
+        assert!(a.iter().any(|x| *x != 0.0), "{name}: zero gradient");
+    }
+    let e = enc.to_device(Device::Cpu, DType::BF16).unwrap_err();
+    assert!(e.to_string().to_lowercase().contains("bf16"), "{e}");
+}

@@ -7,6 +7,12 @@
 //!
 //! Beside a bf16 table on CUDA the extra rows may be f32 (a trainer's master
 //! copy): lookups cast them to the table's dtype, their gradient is f32.
+//!
+//! A trained table on CUDA works the same way: an f32 `master` copy of the
+//! table beside the bf16 one. Lookups gather from the master and cast the
+//! gathered rows (never the whole table), the optimiser updates the master,
+//! and the bf16 table stays the original, which the model's dtype, the
+//! stage-1 decoder and a tied LM head keep reading.
 
 use std::sync::Arc;
 
@@ -20,6 +26,7 @@ const OP: &str = "TokenEmbedding";
 pub struct TokenEmbedding {
     table: Arc<Tensor>,
     extra: Option<Tensor>,
+    master: Option<Tensor>,
 }
 
 impl TokenEmbedding {
@@ -27,7 +34,11 @@ impl TokenEmbedding {
     pub fn new(table: Arc<Tensor>) -> Result<Self> {
         super::check_weight(OP, "table", &table)?;
         table.dims2(OP, "table [V, H]")?;
-        Ok(Self { table, extra: None })
+        Ok(Self {
+            table,
+            extra: None,
+            master: None,
+        })
     }
 
     /// The base table [V, H].
@@ -60,14 +71,46 @@ impl TokenEmbedding {
         self.extra.as_mut()
     }
 
-    /// The table (copied first if shared) when `table`, and the extra rows, both mutably.
+    /// The table training updates, when `table` (the f32 master if one is
+    /// kept, else the table, copied first if shared), and the extra rows,
+    /// both mutably.
     pub fn parts_mut(&mut self, table: bool) -> (Option<&mut Tensor>, Option<&mut Tensor>) {
-        let t = if table {
-            Some(Arc::make_mut(&mut self.table))
-        } else {
-            None
+        let t = match (table, self.master.as_mut()) {
+            (false, _) => None,
+            (true, Some(m)) => Some(m),
+            (true, None) => Some(Arc::make_mut(&mut self.table)),
         };
         (t, self.extra.as_mut())
+    }
+
+    /// The f32 master copy of the table that lookups read, if one is kept.
+    pub fn master(&self) -> Option<&Tensor> {
+        self.master.as_ref()
+    }
+
+    /// The table as trained: the master when one is kept, else the table
+    /// (what an adapter that trains the whole table saves).
+    pub fn trained_table(&self) -> &Tensor {
+        self.master.as_ref().unwrap_or(&self.table)
+    }
+
+    /// Sets (or with `None` removes) the f32 master [V, H] of the table, on
+    /// the table's device: lookups then read it, and an optimiser given
+    /// [`Self::parts_mut`] updates it, while the table keeps its values.
+    pub fn set_master(&mut self, master: Option<Tensor>) -> Result<()> {
+        if let Some(m) = &master {
+            m.expect_dtype(OP, "master table", DType::F32)?;
+            m.expect_shape(OP, "master table", self.table.shape())?;
+            if m.device() != self.table.device() {
+                return Err(TensorError::Device {
+                    op: OP,
+                    expected: self.table.device(),
+                    found: m.device(),
+                });
+            }
+        }
+        self.master = master;
+        Ok(())
     }
 
     /// Sets (or with `None` removes) the extra rows [k, H] read for ids V..V+k
@@ -137,7 +180,13 @@ impl TokenEmbedding {
     pub fn forward(&self, ids: &[u32]) -> Result<Tensor> {
         self.check_ids(ids)?;
         let (base, extra) = self.split(ids);
-        let mut out = embedding::forward(&base, &self.table)?;
+        let mut out = match &self.master {
+            // Gathered in f32, then only these rows cast to the compute dtype.
+            Some(m) => {
+                super::in_dtype(&embedding::forward(&base, m)?, self.table.dtype())?.into_owned()
+            }
+            None => embedding::forward(&base, &self.table)?,
+        };
         if let Some(rows) = &self.extra {
             let rows = super::in_dtype(rows, out.dtype())?;
             // Memory tokens come as runs (k consecutive positions reading rows
@@ -201,9 +250,9 @@ impl TokenEmbedding {
         Ok(())
     }
 
-    /// [`Self::backward`] with device ops (CUDA): the extra ids' rows of dout
-    /// are gathered and scattered into `dextra` by the embedding op, with no
-    /// host round trip. The table's own gradient is not supported there.
+    /// [`Self::backward`] with device ops (CUDA): the rows of dout are
+    /// gathered by kind (base or extra id) and scattered into `dtable` and
+    /// `dextra` by the embedding op, with no host round trip.
     fn backward_device(
         &self,
         base: &[u32],
@@ -212,14 +261,25 @@ impl TokenEmbedding {
         dtable: Option<&mut Tensor>,
         dextra: Option<&mut Tensor>,
     ) -> Result<()> {
-        if dtable.is_some() && !base.is_empty() {
-            return Err(TensorError::invalid(
-                OP,
-                format!(
-                    "the embedding table's gradient is computed on the CPU only (dout is on {})",
-                    dout.device()
-                ),
-            ));
+        if let Some(dt) = dtable {
+            dt.expect_shape(OP, "dtable", self.table.shape())?;
+            if extra.is_empty() {
+                embedding::backward(base, dout, dt)?;
+            } else {
+                // Only base ids' rows: an extra id's row must not land on row 0.
+                let mut is_extra = vec![false; base.len()];
+                extra.iter().for_each(|&(p, _)| is_extra[p] = true);
+                let (positions, ids): (Vec<u32>, Vec<u32>) = base
+                    .iter()
+                    .enumerate()
+                    .filter(|&(p, _)| !is_extra[p])
+                    .map(|(p, &id)| (p as u32, id))
+                    .unzip();
+                if !positions.is_empty() {
+                    let picked = embedding::forward(&positions, dout)?;
+                    embedding::backward(&ids, &picked, dt)?;
+                }
+            }
         }
         if let (Some(de), Some(rows)) = (dextra, &self.extra)
             && !extra.is_empty()
@@ -267,5 +327,35 @@ mod tests {
             e.set_extra(Some(Tensor::zeros(&[1, 3], DType::F32, Device::Cpu)))
                 .is_err()
         );
+    }
+
+    /// A master table is what lookups read and what training updates; the
+    /// table keeps its values. The gradient skips extra ids' rows as without one.
+    #[test]
+    fn a_master_table_is_read_and_trained_in_place_of_the_table() {
+        let table = Tensor::from_vec((0..8).map(|v| v as f32).collect(), &[4, 2]).unwrap();
+        let mut e = TokenEmbedding::new(Arc::new(table)).unwrap();
+        e.set_extra(Some(
+            Tensor::from_vec(vec![-1.0f32, -2.0], &[1, 2]).unwrap(),
+        ))
+        .unwrap();
+        let master = Tensor::from_vec((10..18).map(|v| v as f32).collect(), &[4, 2]).unwrap();
+        e.set_master(Some(master)).unwrap();
+        let out = e.forward(&[2, 4, 0]).unwrap();
+        assert_eq!(out.to_vec_f32(), [14., 15., -1., -2., 10., 11.]);
+        let dout = Tensor::from_vec((1..=6).map(|v| v as f32).collect(), &[3, 2]).unwrap();
+        let mut dt = Tensor::zeros(&[4, 2], DType::F32, Device::Cpu);
+        e.backward(&[2, 4, 0], &dout, Some(&mut dt), None).unwrap();
+        assert_eq!(dt.to_vec_f32(), [5., 6., 0., 0., 1., 2., 0., 0.]);
+        let (t, _) = e.parts_mut(true);
+        t.unwrap().f32s_mut("test", "master").unwrap()[0] = 99.0;
+        assert_eq!(e.trained_table().to_vec_f32()[0], 99.0);
+        assert_eq!(e.table().to_vec_f32()[0], 0.0, "the table keeps its values");
+        let bad = Tensor::zeros(&[3, 2], DType::F32, Device::Cpu);
+        assert!(e.set_master(Some(bad)).is_err());
+        let bad = Tensor::zeros(&[4, 2], DType::BF16, Device::Cpu);
+        assert!(e.set_master(Some(bad)).is_err());
+        e.set_master(None).unwrap();
+        assert_eq!(e.forward(&[2]).unwrap().to_vec_f32(), [4., 5.]);
     }
 }

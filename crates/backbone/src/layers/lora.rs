@@ -130,7 +130,10 @@ impl Lora {
     /// (how a chained stage is exported: the earlier stages' update, merged
     /// in training, plus this stage's). A stacks the parts' rows and B their
     /// columns, each part's B scaled by s_i / s, s the last part's scale;
-    /// the rank is the sum of the ranks, the dropout the last part's.
+    /// the rank is the sum of the ranks, the dropout the last part's. The
+    /// parts may sit on any device (a CUDA stage's adapters are f32 masters
+    /// there): they are stacked on the host and the result goes to the last
+    /// part's device, so exporting costs one small copy each way.
     pub fn stack(parts: &[&Lora]) -> Result<Self> {
         const OP: &str = "lora stack";
         let last = parts
@@ -146,18 +149,21 @@ impl Lora {
             let ri = p.rank();
             p.a.expect_shape(OP, "a", &[ri, d_in])?;
             p.b.expect_shape(OP, "b", &[d_out, ri])?;
-            a.extend_from_slice(p.a.f32s(OP, "a")?);
+            let pa = p.a.to_device(Device::Cpu)?;
+            a.extend_from_slice(pa.f32s(OP, "a")?);
             let f = p.scale / last.scale;
-            for (o, src) in p.b.f32s(OP, "b")?.chunks_exact(ri).enumerate() {
+            let pb = p.b.to_device(Device::Cpu)?;
+            for (o, src) in pb.f32s(OP, "b")?.chunks_exact(ri).enumerate() {
                 for (dst, &v) in b[o * r + col..o * r + col + ri].iter_mut().zip(src) {
                     *dst = v * f;
                 }
             }
             col += ri;
         }
+        let device = last.a.device();
         Ok(Self {
-            a: Tensor::from_vec(a, &[r, d_in])?,
-            b: Tensor::from_vec(b, &[d_out, r])?,
+            a: Tensor::from_vec(a, &[r, d_in])?.to_device(device)?,
+            b: Tensor::from_vec(b, &[d_out, r])?.to_device(device)?,
             scale: last.scale,
             dropout: last.dropout,
         })

@@ -122,6 +122,10 @@ impl Transformer {
             // Trainable like the adapters: f32, cast per lookup.
             out.set_extra_rows(Some(moved(rows, device, DType::F32)?))?;
         }
+        if let Some(m) = self.embedding().master() {
+            out.embedding_mut()
+                .set_master(Some(moved(m, device, DType::F32)?))?;
+        }
         Ok(out)
     }
 }

@@ -69,6 +69,28 @@ pub fn clip_grad_norm(grads: &mut [&mut Tensor], max_norm: f64) -> Result<f64> {
     }
 }
 
+/// Multiplies every element of every tensor by `factor` in place (f32; f32
+/// or bf16 on CUDA): clipping's rescale, public so a caller can scale a
+/// gradient on its device (e.g. by an accumulation factor) without a host copy.
+pub fn scale(xs: &mut [&mut Tensor], factor: f32) -> Result<()> {
+    {
+        let all: Vec<&Tensor> = xs.iter().map(|g| &**g).collect();
+        crate::ops::same_device("scale", &all)?;
+    }
+    match xs.first().map(|g| g.device()) {
+        None => Ok(()),
+        Some(Device::Cpu) => {
+            for x in xs.iter_mut() {
+                x.f32s_mut("scale", "x")?
+                    .iter_mut()
+                    .for_each(|v| *v *= factor);
+            }
+            Ok(())
+        }
+        Some(Device::Cuda(_)) => cuda::grad_clip::scale(xs, factor),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,6 +109,17 @@ mod tests {
         let after = global_norm(&[&a, &b]).unwrap();
         assert!((after - 1.0).abs() < 1e-6, "{after}");
         assert!((a.to_vec_f32()[0] - 0.6).abs() < 1e-6);
+    }
+
+    #[test]
+    fn scale_multiplies_in_place_and_refuses_bf16_on_the_cpu() {
+        let (mut a, mut b) = (t(vec![3.0, -1.5]), t(vec![0.25]));
+        scale(&mut [&mut a, &mut b], -2.0).unwrap();
+        assert_eq!(a.to_vec_f32(), [-6.0, 3.0]);
+        assert_eq!(b.to_vec_f32(), [-0.5]);
+        let mut c = Tensor::zeros(&[2], DType::BF16, Device::Cpu);
+        assert!(scale(&mut [&mut c], 2.0).is_err());
+        scale(&mut [], 2.0).unwrap();
     }
 
     #[test]

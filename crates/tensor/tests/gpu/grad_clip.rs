@@ -98,3 +98,26 @@ fn non_finite_norm_is_the_cpu_error_and_grads_stay() {
         }
     }
 }
+
+/// `grad_clip::scale` (the contrastive step scales dL/demb with it): the same
+/// multiply as the CPU's, so f32 is exact to 1e-7 and bf16 within its 8 bits.
+#[test]
+fn scale_matches_cpu() {
+    let Some(dev) = common::cuda() else { return };
+    for (dt, bound) in [(DType::F32, 1e-7), (DType::BF16, 1e-2)] {
+        let mut gpu: Vec<Tensor> = grads(1.0)
+            .iter()
+            .map(|t| common::to_gpu(t, dt, dev))
+            .collect();
+        let mut cpu: Vec<Tensor> = gpu.iter().map(common::to_cpu_f32).collect();
+        let mut gv: Vec<&mut Tensor> = gpu.iter_mut().collect();
+        grad_clip::scale(&mut gv, -0.37).unwrap();
+        let mut cv: Vec<&mut Tensor> = cpu.iter_mut().collect();
+        grad_clip::scale(&mut cv, -0.37).unwrap();
+        for (i, (g, c)) in gpu.iter().zip(&cpu).enumerate() {
+            if c.numel() > 0 {
+                common::check(&format!("scale {dt} tensor {i}"), g, c, bound);
+            }
+        }
+    }
+}
