@@ -692,6 +692,16 @@ fn mntp_trains_a_lora_only_adapter_that_embed_uses_and_resumes_exactly() {
         stderr(&o)
     );
 
+    // Stage 2 from the MNTP adapter (mean pooling throughout), then embed.
+    let ucl = tmp.path().join("ucl");
+    let o = contrast(&model, &whole, &ucl, "unsup", &data, &["--steps", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!ucl.join("memory_tokens.safetensors").exists());
+    let e2 = tmp.path().join("ucl.npy");
+    let o = embed(Some(&ucl), &e2);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ne!(npy_rows(&e2), r1, "stage 2 changed nothing");
+
     for (flags, want) in [
         (
             &["--memory-tokens", "4"][..],

@@ -3,7 +3,8 @@
 //! A text is embedded as `[BOS] text m_1..m_k` (built by
 //! `llm2comp_compress::encoder_input`, the layout stage 1 trained), run
 //! bidirectionally with the adapters, and mean-pooled over its k memory
-//! positions (`Pooling::LastK`). Backward goes from d[B, H] through the
+//! positions (`Pooling::LastK`), or over all of `[BOS] text` for a model
+//! with no memory tokens (the MNTP baseline's adapter, pooled as LLM2Vec does). Backward goes from d[B, H] through the
 //! pooling into the adapters and the memory rows.
 //!
 //! Texts are packed into forward calls of at most a mini-batch each. Each
@@ -110,9 +111,16 @@ impl Encoder {
             )));
         }
         let k = model.embedding().extra().map_or(0, |e| e.shape()[0]);
-        if k == 0 {
+        let has_lora = model.blocks().iter().any(|b| {
+            LoraTarget::ALL
+                .into_iter()
+                .any(|t| b.linear(t).lora().is_some())
+        });
+        // k = 0 is a LoRA-only model (the MNTP baseline's), pooled by the mean.
+        if k == 0 && !has_lora {
             return Err(ContrastError::Config(
-                "the model has no memory rows: load a stage-1 adapter first".into(),
+                "the model has neither memory rows nor adapters: load a stage-1 adapter first"
+                    .into(),
             ));
         }
         // The optimiser updates these in place: bf16 masters would lose
@@ -120,7 +128,7 @@ impl Encoder {
         let rows_f32 = model
             .embedding()
             .extra()
-            .is_some_and(|e| e.dtype() == DType::F32);
+            .is_none_or(|e| e.dtype() == DType::F32);
         let loras_f32 = model.blocks().iter().all(|b| {
             LoraTarget::ALL.into_iter().all(|t| {
                 b.linear(t)
@@ -159,7 +167,7 @@ impl Encoder {
         }
         let grads = model.zero_grads(&Trainable {
             lora: true,
-            extra_rows: true,
+            extra_rows: k > 0,
             final_norm: false,
             embedding: false,
         });
@@ -203,6 +211,16 @@ impl Encoder {
     /// The configuration, mutably (e.g. to switch GradCache on).
     pub fn config_mut(&mut self) -> &mut ContrastConfig {
         &mut self.cfg
+    }
+
+    /// How a text's states become its embedding: the mean over its k memory
+    /// positions, or, with no memory tokens (an MNTP adapter, as LLM2Vec
+    /// pools), the mean over `[BOS] text`.
+    pub fn pooling(&self) -> Pooling {
+        match self.memory_tokens() {
+            0 => Pooling::Mean,
+            k => Pooling::LastK(k),
+        }
     }
 
     /// The memory tokens k.
@@ -276,7 +294,7 @@ impl Encoder {
         Self::check(texts, dropout)?;
         let h = self.model.config().hidden_size;
         let mut out = Tensor::try_zeros(&[texts.len(), h], DType::F32, self.device())?;
-        let pool = Pooling::LastK(self.memory_tokens());
+        let pool = self.pooling();
         for rows in self.units(texts.len()) {
             let (ids, cu) = self.pack(&texts[rows.clone()]);
             let pass = self.pass(dropout.map(|s| &s[rows.clone()]));
@@ -296,7 +314,7 @@ impl Encoder {
         Self::check(texts, dropout)?;
         let h = self.model.config().hidden_size;
         let mut out = Tensor::try_zeros(&[texts.len(), h], DType::F32, self.device())?;
-        let pool = Pooling::LastK(self.memory_tokens());
+        let pool = self.pooling();
         let mut units = Vec::new();
         for rows in self.units(texts.len()) {
             let (ids, cu) = self.pack(&texts[rows.clone()]);

@@ -281,7 +281,10 @@ fn chaining_reproduces_the_previous_stage_then_trains_a_fresh_lora() {
 #[test]
 fn refuses_a_model_without_memory_rows_and_bad_settings() {
     let e = Encoder::new(tiny_model(1), 1, ContrastConfig::simcse()).unwrap_err();
-    assert!(e.to_string().contains("memory rows"), "{e}");
+    assert!(
+        e.to_string().contains("neither memory rows nor adapters"),
+        "{e}"
+    );
     let mut c = ContrastConfig::simcse();
     c.temperature = 0.0;
     assert!(Encoder::new(staged_model(1, 0.0), 1, c).is_err());
@@ -323,4 +326,50 @@ fn a_moved_copy_steps_exactly_as_the_original() {
     }
     let e = enc.to_device(Device::Cpu, DType::BF16).unwrap_err();
     assert!(e.to_string().to_lowercase().contains("bf16"), "{e}");
+}
+
+/// A LoRA-only model (k = 0, the MNTP baseline's adapter) embeds by the mean
+/// over `[BOS] text`, and its contrastive gradient w.r.t. every adapter
+/// matches finite differences.
+#[test]
+fn a_model_without_memory_rows_pools_the_mean_and_trains_its_adapters() {
+    let mut m = staged_model(4, 0.0);
+    m.set_extra_rows(None).unwrap();
+    let mut enc = Encoder::new(m, 1, ContrastConfig::supervised()).unwrap();
+    assert_eq!((enc.memory_tokens(), enc.pooling()), (0, Pooling::Mean));
+    let t = texts(3, 1);
+    let e = enc.embed(&t, None).unwrap().to_vec_f32();
+    // Text 1 alone: [BOS] t, bidirectional, the mean over its rows.
+    let ids: Vec<u32> = std::iter::once(1).chain(t[1].iter().copied()).collect();
+    let h = enc
+        .model()
+        .infer(
+            Input::Ids(&ids),
+            &[0, ids.len() as u32],
+            &Pass::bidirectional(),
+        )
+        .unwrap()
+        .to_vec_f32();
+    let want: Vec<f32> = (0..16)
+        .map(|c| (0..ids.len()).map(|r| h[r * 16 + c]).sum::<f32>() / ids.len() as f32)
+        .collect();
+    assert!(rel_err(&e[16..32], &want) < 1e-5);
+    let b = supervised(&triples(3).iter().collect::<Vec<_>>(), None).unwrap();
+    enc.zero_grads();
+    enc.step(&b, 1.0).unwrap();
+    let gs = grads(&mut enc);
+    assert_eq!(gs.len(), 2 * 2 * 3, "adapters only");
+    for (name, x, g) in &gs {
+        check_grad_f32_tol(
+            &format!("k = 0 {name}"),
+            |xp| {
+                set_param(&mut enc, name, xp);
+                enc.loss(&b).unwrap()
+            },
+            x,
+            g,
+            GRAD_TOL,
+        );
+        set_param(&mut enc, name, x);
+    }
 }
