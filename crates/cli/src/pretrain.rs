@@ -35,7 +35,8 @@ pub struct Args {
     #[arg(long, default_value = "text")]
     pub text_field: String,
     /// Pretext objective: rc (reconstruction), nll (continuation), kl (distilled
-    /// continuation), or mntp (LLM2Vec's masked next-token prediction, the baseline).
+    /// continuation), mntp (LLM2Vec's masked next-token prediction, the baseline), or
+    /// none (write the untrained initial adapter: the no-pretext control).
     #[arg(long, default_value = "kl")]
     pub objective: Pretext,
     /// Memory tokens k appended after the text [default: 8; mntp has none].
@@ -93,6 +94,10 @@ pub enum Pretext {
     Compress(Objective),
     /// LLM2Vec's masked next-token prediction.
     Mntp,
+    /// No pretext: the freshly initialised adapter (LoRA with B = 0, memory
+    /// rows as stage 1 initialises them), written without training: the
+    /// "no pretext" control's start for stages 2 and 3.
+    None,
 }
 
 impl std::str::FromStr for Pretext {
@@ -102,9 +107,12 @@ impl std::str::FromStr for Pretext {
         if s.eq_ignore_ascii_case("mntp") {
             return Ok(Self::Mntp);
         }
+        if s.eq_ignore_ascii_case("none") {
+            return Ok(Self::None);
+        }
         s.parse::<Objective>()
             .map(Self::Compress)
-            .map_err(|_| format!("unknown objective {s:?}: expected rc, nll, kl or mntp"))
+            .map_err(|_| format!("unknown objective {s:?}: expected rc, nll, kl, mntp or none"))
     }
 }
 
@@ -113,6 +121,7 @@ impl std::fmt::Display for Pretext {
         match self {
             Self::Compress(o) => o.fmt(f),
             Self::Mntp => f.write_str("mntp"),
+            Self::None => f.write_str("none"),
         }
     }
 }
@@ -164,6 +173,7 @@ pub fn run(args: &Args, threads: usize) -> Result<()> {
     let objective = match args.objective {
         Pretext::Compress(o) => o,
         Pretext::Mntp => return crate::pretrain_mntp::run(args, threads),
+        Pretext::None => return write_untrained(args),
     };
     let memory_tokens = args.memory_tokens.unwrap_or(8);
     let t = &args.train;
@@ -254,5 +264,46 @@ pub fn run(args: &Args, threads: usize) -> Result<()> {
         out.display()
     );
     t.run(&mut task, &tc)?;
+    Ok(())
+}
+
+/// `--objective none`: the adapter a compression run starts from (its LoRA
+/// B = 0, so the model computes as the base; memory rows as stage 1
+/// initialises them from --seed), saved untrained into --out. Stages 2 and 3
+/// then train from it: the "no pretext" control.
+fn write_untrained(args: &Args) -> Result<()> {
+    let t = &args.train;
+    if t.resume.is_some() {
+        bail!("--objective none trains nothing, so there is nothing to resume");
+    }
+    let out = t.out_dir()?;
+    let memory_tokens = args.memory_tokens.unwrap_or(8);
+    let cfg = CompressConfig {
+        objective: Objective::Rc,
+        memory_tokens,
+        lora: lora_config(args)?,
+        train_embeddings: args.train_embeddings,
+        checkpoint: false,
+    };
+    let (_, transformer, bos) = crate::train_args::load_base(&args.model)?;
+    let comp = Compressor::new(transformer, bos, cfg.clone(), t.seed)?;
+    let model_name = args.model.display().to_string();
+    let mut export = crate::adapter_export::exporter_for(crate::adapter_export::Provenance {
+        base_model: model_name,
+        max_length: args.max_length,
+        memory_tokens,
+        lora: cfg.lora.clone(),
+        train_embeddings: cfg.train_embeddings,
+        objective: "none".into(),
+        stage: "pretrain".into(),
+    });
+    export(comp.model(), &out)?;
+    eprintln!(
+        "pretrain: objective none: the untrained adapter (k = {memory_tokens}, LoRA r {} with B = \
+         0, seed {}) written to {}",
+        cfg.lora.r,
+        t.seed,
+        out.display()
+    );
     Ok(())
 }

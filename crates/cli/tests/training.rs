@@ -750,3 +750,62 @@ fn the_pipeline_on_a_missing_device_fails_before_any_stage() {
         assert!(!out.exists(), "the run directory was created");
     }
 }
+
+/// `pretrain --objective none` writes the untrained starting adapter (the
+/// no-pretext control): LoRA B = 0, so embedding with it equals the base
+/// model's bidirectional mean pooling; stage 2 trains from it.
+#[test]
+fn objective_none_writes_the_untrained_adapter_that_stage_2_starts_from() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = (model_dir(tmp.path()), data(tmp.path()));
+    let init = tmp.path().join("init");
+    let o = pretrain(&model, &data, &init, &["--objective", "none"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!init.join("metrics.jsonl").exists(), "nothing was trained");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(init.join("llm2comp.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (meta["objective"].as_str(), meta["memory_tokens"].as_u64()),
+        (Some("none"), Some(2))
+    );
+    let input = tmp.path().join("in.txt");
+    std::fs::write(&input, "wind build old moon\nquiet red song\n").unwrap();
+    let embed = |extra: &[&str], out: &Path| {
+        let mut a = vec![
+            "--threads",
+            "1",
+            "embed",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--pooling",
+            "mean",
+            "--attention",
+            "bidirectional",
+        ];
+        a.extend_from_slice(extra);
+        let o = llm2comp(&a);
+        assert!(o.status.success(), "{}", stderr(&o));
+        npy_rows(out)
+    };
+    let with = embed(
+        &["--adapter", init.to_str().unwrap()],
+        &tmp.path().join("a.npy"),
+    );
+    let without = embed(&[], &tmp.path().join("b.npy"));
+    assert_eq!(with, without, "an untrained adapter changed the model");
+    let ucl = tmp.path().join("ucl");
+    let o = contrast(&model, &init, &ucl, "unsup", &data, &["--steps", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = pretrain(
+        &model,
+        &data,
+        &tmp.path().join("r"),
+        &["--objective", "none", "--resume", init.to_str().unwrap()],
+    );
+    assert!(stderr(&o).contains("nothing to resume"), "{}", stderr(&o));
+}
