@@ -214,8 +214,8 @@ pub fn run(args: &Args, threads: usize) -> Result<()> {
         format!("on cpu with {threads} threads")
     };
     let n = data.len();
-    let per_step = (args.batch_size * t.grad_accum) as f64;
-    let steps = t.steps(|e| ((n as f64 * e) / per_step).ceil().max(1.0) as u64)?;
+    let position = llm2comp_train::DataPosition::new(t.seed, args.batch_size, t.grad_accum);
+    let steps = t.steps(|e| position.steps_for_epochs(e, n))?;
     let (stage, objective) = match args.mode {
         Mode::Unsup => ("ucl", "simcse"),
         Mode::Sup => ("scl", "supervised"),

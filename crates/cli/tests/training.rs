@@ -70,6 +70,22 @@ fn pretrain(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
     llm2comp(&args)
 }
 
+/// A stopped-and-resumed run (`split`) reproduces the uninterrupted one
+/// (`whole`): the same loss curve and byte-identical adapters.
+fn assert_resumed_equals_whole(whole: &Path, split: &Path) {
+    assert_eq!(
+        losses(whole),
+        losses(split),
+        "the resumed loss curve differs"
+    );
+    let a = std::fs::read(whole.join("adapter_model.safetensors")).unwrap();
+    let b = std::fs::read(split.join("adapter_model.safetensors")).unwrap();
+    assert!(
+        a == b,
+        "resumed adapters differ from the uninterrupted run's"
+    );
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -132,17 +148,7 @@ fn a_run_writes_everything_and_resumes_exactly() {
     let resume = ["--steps", "4", "--save-every", "2", "--resume", split_s];
     let o = pretrain(&model, &data, &split, &[&resume[..], &sched].concat());
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(
-        losses(&whole),
-        losses(&split),
-        "the resumed loss curve differs"
-    );
-    let a = std::fs::read(whole.join("adapter_model.safetensors")).unwrap();
-    let b = std::fs::read(split.join("adapter_model.safetensors")).unwrap();
-    assert!(
-        a == b,
-        "resumed adapters differ from the uninterrupted run's"
-    );
+    assert_resumed_equals_whole(&whole, &split);
 
     // Same directory without --resume: refused, pointing at --resume.
     let o = pretrain(&model, &data, &split, &["--steps", "4"]);
@@ -634,17 +640,7 @@ fn mntp_trains_a_lora_only_adapter_that_embed_uses_and_resumes_exactly() {
         &["--steps", "4", "--save-every", "2", "--resume", s],
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(
-        losses(&whole),
-        losses(&split),
-        "the resumed loss curve differs"
-    );
-    let a = std::fs::read(whole.join("adapter_model.safetensors")).unwrap();
-    let b = std::fs::read(split.join("adapter_model.safetensors")).unwrap();
-    assert!(
-        a == b,
-        "resumed adapters differ from the uninterrupted run's"
-    );
+    assert_resumed_equals_whole(&whole, &split);
 
     let input = tmp.path().join("in.txt");
     std::fs::write(&input, "wind build old moon\nquiet red song\n").unwrap();

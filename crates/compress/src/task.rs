@@ -107,10 +107,7 @@ impl CompressionTask {
     /// Optimiser steps in `epochs` passes over the corpus (the last step may
     /// reach into the next epoch to fill its batch).
     pub fn steps_for_epochs(&self, epochs: f64) -> u64 {
-        let per_step = (self.batch_size * self.grad_accum) as f64;
-        ((epochs * self.corpus.len() as f64) / per_step)
-            .ceil()
-            .max(1.0) as u64
+        self.position.steps_for_epochs(epochs, self.corpus.len())
     }
 }
 

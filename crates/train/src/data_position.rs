@@ -41,6 +41,14 @@ impl DataPosition {
         (self.grad_accum * self.batch_size) as u64
     }
 
+    /// Optimiser steps in `epochs` passes over `len` items (at least one;
+    /// the last step may reach into the next epoch to fill its batch).
+    pub fn steps_for_epochs(&self, epochs: f64, len: usize) -> u64 {
+        ((epochs * len as f64) / self.per_step().max(1) as f64)
+            .ceil()
+            .max(1.0) as u64
+    }
+
     /// The checkpoint record for a data set of `len` items.
     pub fn to_json(&self, len: usize) -> Value {
         let samples = self.steps_drawn * self.per_step();
