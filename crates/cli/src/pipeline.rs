@@ -34,7 +34,8 @@ pub struct Args {
     /// Output directory (continued when it already holds a run of this pipeline).
     #[arg(long)]
     pub out: PathBuf,
-    /// Pretext objective of stage 1: rc, nll or kl.
+    /// Pretext objective of stage 1: rc, nll or kl; or a control: mntp
+    /// (LLM2Vec's, mean pooling after) or none (the untrained adapter).
     #[arg(long, default_value = "kl")]
     pub objective: String,
     /// Stage 1 passages (plain text, one a line).
@@ -262,11 +263,16 @@ pub fn run(args: &Args, threads: usize) -> Result<()> {
         evaluate(args, "raw model", None, &evals.join("base.json"))?,
     ));
 
-    let argv = Argv::default()
+    // MNTP's adapter has no memory tokens: it is pooled by the mean, as LLM2Vec pools.
+    let mntp = args.objective.eq_ignore_ascii_case("mntp");
+    let mut argv = Argv::default()
         .flag("--model", &args.model)
         .flag("--data", &args.pretrain_data)
-        .flag("--objective", &args.objective)
-        .flag("--memory-tokens", args.memory_tokens.to_string())
+        .flag("--objective", &args.objective);
+    if !mntp {
+        argv = argv.flag("--memory-tokens", args.memory_tokens.to_string());
+    }
+    let argv = argv
         .flag("--lora-r", args.lora_r.to_string())
         .flag("--lora-alpha", (2 * args.lora_r).to_string())
         .flag("--batch-size", args.pretrain_batch_size.to_string())
@@ -280,7 +286,11 @@ pub fn run(args: &Args, threads: usize) -> Result<()> {
     banner("stage 1: pretext", &argv.show("pretrain"));
     pretrain::run(&PretrainCmd::try_parse_from(&argv.0)?.args, threads)?;
     rows.push((
-        format!("+ {} pretext (memory pooling)", args.objective),
+        format!(
+            "+ {} pretext ({} pooling)",
+            args.objective,
+            if mntp { "mean" } else { "memory" }
+        ),
         evaluate(
             args,
             "after stage 1",

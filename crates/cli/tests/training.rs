@@ -486,12 +486,9 @@ fn pretrain_out_is_its_own_locked_and_restartable() {
     assert!(run.join("checkpoints/latest").is_file());
 }
 
-#[test]
-fn the_pipeline_runs_every_stage_then_continues_without_redoing_them() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (model, data) = (model_dir(tmp.path()), data(tmp.path()));
-    let tri = triples(tmp.path(), &data);
-    let eval_dir = tmp.path().join("eval-data");
+/// A four-pair STS-B test file laid out as `eval --data-dir` expects.
+fn sts_eval_dir(tmp: &Path) -> PathBuf {
+    let eval_dir = tmp.join("eval-data");
     std::fs::create_dir_all(eval_dir.join("sts/stsb")).unwrap();
     std::fs::write(
         eval_dir.join("sts/stsb/test.tsv"),
@@ -499,51 +496,113 @@ fn the_pipeline_runs_every_stage_then_continues_without_redoing_them() {
          3\tblue sea\tgreen sea\n1\tdog run fast\tstar city night\n0.5\train\tbook\n",
     )
     .unwrap();
+    eval_dir
+}
+
+/// The controls run through the same pipeline: MNTP (its stages pooled by
+/// the mean) and no pretext (the untrained adapter, then stages 2 and 3).
+#[test]
+fn the_pipeline_runs_the_mntp_and_no_pretext_controls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = (model_dir(tmp.path()), data(tmp.path()));
+    let tri = triples(tmp.path(), &data);
+    let eval_dir = sts_eval_dir(tmp.path());
+    for (objective, extra, label) in [
+        (
+            "mntp",
+            "--mask-token [UNK] --lr 1e-3 --quiet",
+            "+ mntp pretext (mean pooling)",
+        ),
+        ("none", "--quiet", "+ none pretext (memory pooling)"),
+    ] {
+        let out = tmp.path().join(objective);
+        let o = pipeline(&model, &data, &tri, &eval_dir, &out, objective, extra);
+        assert!(o.status.success(), "{objective}: {}", stderr(&o));
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap())
+                .unwrap();
+        let rows = doc["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 4, "{objective}: {doc}");
+        let table = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(table.contains(label), "{objective}: {table}");
+        assert_eq!(losses(&out.join("3-scl")).len(), 2);
+    }
+}
+
+/// `llm2comp pipeline` on the tiny model, 2 steps a stage, STS-B from `eval_dir`.
+fn pipeline(
+    model: &Path,
+    data: &Path,
+    tri: &Path,
+    eval_dir: &Path,
+    out: &Path,
+    objective: &str,
+    pretrain_args: &str,
+) -> Output {
+    llm2comp(&[
+        "--threads",
+        "1",
+        "pipeline",
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--objective",
+        objective,
+        "--pretrain-data",
+        data.to_str().unwrap(),
+        "--pretrain-steps",
+        "2",
+        "--ucl-data",
+        data.to_str().unwrap(),
+        "--ucl-steps",
+        "2",
+        "--ucl-batch-size",
+        "3",
+        "--scl-data",
+        tri.to_str().unwrap(),
+        "--scl-steps",
+        "2",
+        "--scl-batch-size",
+        "3",
+        "--mini-batch",
+        "2",
+        "--memory-tokens",
+        "2",
+        "--lora-r",
+        "4",
+        "--max-length",
+        "24",
+        "--eval-tasks",
+        "stsb",
+        "--eval-data-dir",
+        eval_dir.to_str().unwrap(),
+        "--pretrain-args",
+        pretrain_args,
+        "--ucl-args",
+        "--quiet",
+        "--scl-args",
+        "--quiet",
+    ])
+}
+
+#[test]
+fn the_pipeline_runs_every_stage_then_continues_without_redoing_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = (model_dir(tmp.path()), data(tmp.path()));
+    let tri = triples(tmp.path(), &data);
+    let eval_dir = sts_eval_dir(tmp.path());
     let out = tmp.path().join("run");
     let run = || {
-        llm2comp(&[
-            "--threads",
-            "1",
-            "pipeline",
-            "--model",
-            model.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--pretrain-data",
-            data.to_str().unwrap(),
-            "--pretrain-steps",
-            "2",
-            "--ucl-data",
-            data.to_str().unwrap(),
-            "--ucl-steps",
-            "2",
-            "--ucl-batch-size",
-            "3",
-            "--scl-data",
-            tri.to_str().unwrap(),
-            "--scl-steps",
-            "2",
-            "--scl-batch-size",
-            "3",
-            "--mini-batch",
-            "2",
-            "--memory-tokens",
-            "2",
-            "--lora-r",
-            "4",
-            "--max-length",
-            "24",
-            "--eval-tasks",
-            "stsb",
-            "--eval-data-dir",
-            eval_dir.to_str().unwrap(),
-            "--pretrain-args",
+        pipeline(
+            &model,
+            &data,
+            &tri,
+            &eval_dir,
+            &out,
+            "kl",
             "--lr 1e-3 --quiet",
-            "--ucl-args",
-            "--quiet",
-            "--scl-args",
-            "--quiet",
-        ])
+        )
     };
     let o = run();
     assert!(o.status.success(), "{}", stderr(&o));
