@@ -11,6 +11,7 @@ mod merge;
 mod npy;
 mod output_path;
 mod pipeline;
+mod pipeline_config;
 mod pretrain;
 mod pretrain_mntp;
 mod rss;
@@ -67,12 +68,14 @@ enum Command {
     Contrast(Box<contrast::Args>),
     /// The whole method in one resumable command: pretext, unsupervised and
     /// supervised contrastive stages, and the evaluation suite before and
-    /// after each (results.json, results.md).
+    /// after each (results.json, results.md). `--config FILE.toml` reads a
+    /// recipe (configs/); flags on the command line win over it.
+    #[command(args_override_self = true)]
     Pipeline(Box<pipeline::Args>),
 }
 
 fn main() -> Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(pipeline_config::expand(std::env::args_os().collect())?);
     let threads = llm2comp_tensor::pool::init(cli.threads);
     let result = match cli.command {
         Command::Selftest(args) => selftest::run(&args, threads),

@@ -28,6 +28,10 @@ use crate::{contrast, eval, out, pretrain};
 /// Arguments of `llm2comp pipeline`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// A recipe: a TOML file of this command's flags without the dashes
+    /// (configs/); flags given here win over it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// The base model: a Hugging Face directory or a .gguf file.
     #[arg(long)]
     pub model: PathBuf,
@@ -416,6 +420,7 @@ fn report(args: &Args, rows: &[(String, Value)], secs: f64) -> Result<()> {
     let doc = json!({
         "model": args.model.display().to_string(),
         "objective": args.objective,
+        "config": args.config.as_ref().map(|c| c.display().to_string()),
         "seed": args.seed,
         "eval_limit": args.eval_limit,
         "seconds_this_run": secs,

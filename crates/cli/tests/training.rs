@@ -864,3 +864,65 @@ fn objective_none_writes_the_untrained_adapter_that_stage_2_starts_from() {
     );
     assert!(stderr(&o).contains("nothing to resume"), "{}", stderr(&o));
 }
+
+/// `pipeline --config FILE`: the file's settings apply, a flag on the
+/// command line wins over the file, and the file is recorded in results.json.
+#[test]
+fn the_pipeline_reads_a_recipe_and_the_command_line_wins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = (model_dir(tmp.path()), data(tmp.path()));
+    let eval_dir = sts_eval_dir(tmp.path());
+    let recipe = tmp.path().join("r.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "pretrain_steps = 1\nucl_steps = 0\nmemory_tokens = 2\nlora_r = 4\nmax_length = 24\n\
+             eval_tasks = \"stsb\"\neval_data_dir = {:?}\neval_limit = 3\n\
+             pretrain_args = \"--lr 1e-3 --quiet\"\n",
+            eval_dir.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("run");
+    let o = llm2comp(&[
+        "--threads",
+        "1",
+        "pipeline",
+        "--config",
+        recipe.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--pretrain-data",
+        data.to_str().unwrap(),
+        "--pretrain-steps",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        losses(&out.join("1-pretext")).len(),
+        2,
+        "the command line's --pretrain-steps"
+    );
+    assert!(!out.join("2-ucl").exists(), "the recipe's ucl_steps = 0");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(doc["eval_limit"], 3);
+    assert_eq!(doc["config"].as_str(), recipe.to_str());
+    std::fs::write(&recipe, "ucl_stepz = 1\n").unwrap();
+    let o = llm2comp(&[
+        "pipeline",
+        "--config",
+        recipe.to_str().unwrap(),
+        "--model",
+        "m",
+        "--out",
+        "o",
+    ]);
+    assert!(
+        stderr(&o).contains("unknown setting `ucl_stepz`"),
+        "{}",
+        stderr(&o)
+    );
+}
