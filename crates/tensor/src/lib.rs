@@ -15,6 +15,7 @@ pub mod fast_exp;
 pub mod ops;
 pub mod pool;
 mod real;
+pub mod shared;
 mod tensor;
 pub mod testing;
 

@@ -18,51 +18,10 @@
 use rayon::prelude::*;
 
 use crate::Real;
-use crate::ops::adamw::AdamWConfig;
+use crate::shared::adamw::{AdamWConfig, Coefs};
 
 /// Elements per rayon task.
 const CHUNK: usize = 1 << 14;
-
-/// The per-step scalars, computed once in f64 and rounded to `T`. Shared with
-/// the CUDA step, so both backends multiply by exactly the same numbers.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Coefs<T> {
-    /// 1 − lr·wd.
-    pub decay: T,
-    /// lr/(1 − β1ᵗ).
-    pub step_size: T,
-    /// sqrt(1 − β2ᵗ).
-    pub bc2_sqrt: T,
-    /// β1.
-    pub b1: T,
-    /// β2.
-    pub b2: T,
-    /// 1 − β1.
-    pub c1: T,
-    /// 1 − β2.
-    pub c2: T,
-    /// eps.
-    pub eps: T,
-}
-
-impl<T: Real> Coefs<T> {
-    /// The scalars of step `t` (1-based).
-    pub(crate) fn new(cfg: &AdamWConfig, t: u64) -> Self {
-        let tf = t as f64;
-        let bc1 = 1.0 - cfg.beta1.powf(tf);
-        let bc2 = 1.0 - cfg.beta2.powf(tf);
-        Self {
-            decay: T::of(1.0 - cfg.lr * cfg.weight_decay),
-            step_size: T::of(cfg.lr / bc1),
-            bc2_sqrt: T::of(bc2.sqrt()),
-            b1: T::of(cfg.beta1),
-            b2: T::of(cfg.beta2),
-            c1: T::of(1.0 - cfg.beta1),
-            c2: T::of(1.0 - cfg.beta2),
-            eps: T::of(cfg.eps),
-        }
-    }
-}
 
 /// Updates params, m and v in place with gradient `grads` at step `t` (1-based).
 pub fn step<T: Real>(

@@ -33,9 +33,9 @@
 use rayon::prelude::*;
 
 use crate::Real;
-use crate::cpu::dropout::{keep, keep_threshold};
 use crate::cpu::matmul::{MatRef, gemm_into, gemm_scaled_into};
-use crate::ops::dropout::{DropoutMask, SeqKeys};
+use crate::shared::dropout::{DropoutMask, SeqKeys};
+use crate::shared::dropout::{keep, keep_threshold};
 
 /// Query rows per tile. 128 query rows × 256 keys make GEMMs large enough for
 /// the `gemm` crate's packing to pay off while the two score-sized tiles of a

@@ -9,42 +9,10 @@
 use rayon::prelude::*;
 
 use crate::Real;
+pub use crate::shared::dropout::{hash_u32, keep, keep_threshold, keyed_seed};
 
 /// Elements per rayon task.
 const CHUNK: usize = 1 << 14;
-
-/// SplitMix64's finaliser: a bijective avalanche mix of 64 bits.
-#[inline(always)]
-fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// 32 uniform bits for element `index` of the stream `seed`.
-#[inline(always)]
-pub fn hash_u32(seed: u64, index: u64) -> u32 {
-    (mix64(seed ^ mix64(index.wrapping_add(0x9e37_79b9_7f4a_7c15))) >> 32) as u32
-}
-
-/// The stream seed of the packed sequence keyed `key` under mask seed `seed`
-/// (per-sequence masks, `ops::dropout::SeqKeys`).
-#[inline]
-pub fn keyed_seed(seed: u64, key: u64) -> u64 {
-    mix64(seed ^ mix64(key ^ 0x6a09_e667_f3bc_c909))
-}
-
-/// The threshold below which a hash keeps its element, for drop probability `p`.
-#[inline]
-pub fn keep_threshold(p: f32) -> u64 {
-    (((1.0 - p as f64) * 4_294_967_296.0) as u64).min(1 << 32)
-}
-
-/// Whether element `index` of stream `seed` survives dropout with threshold `thr`.
-#[inline(always)]
-pub fn keep(seed: u64, index: u64, thr: u64) -> bool {
-    (hash_u32(seed, index) as u64) < thr
-}
 
 /// y = x · mask / (1 − p). `p` in [0, 1); `offset` is the stream index of x[0].
 pub fn forward<T: Real>(x: &[T], p: f32, seed: u64, offset: u64, y: &mut [T]) {

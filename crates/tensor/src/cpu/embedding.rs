@@ -14,9 +14,9 @@
 //! block next to the U sorted ids, for trainers that update a handful of rows
 //! (memory tokens) and must not allocate a [V, H] gradient.
 
-use std::ops::Range;
-
 use rayon::prelude::*;
+
+use crate::shared::embedding::group_by_id;
 
 use crate::Real;
 
@@ -45,23 +45,6 @@ pub fn forward<T: Real>(ids: &[u32], table: &[T], hidden: usize, out: &mut [T]) 
                 row.copy_from_slice(&table[start..start + hidden]);
             }
         });
-}
-
-/// Positions sorted by id (ties in position order) and, per distinct id, its
-/// range in that order: `runs[u] = (id, range)`, ids ascending. (The CUDA
-/// backward uploads this grouping, so both backends sum in the same order.)
-pub(crate) fn group_by_id(ids: &[u32]) -> (Vec<usize>, Vec<(u32, Range<usize>)>) {
-    let mut order: Vec<usize> = (0..ids.len()).collect();
-    // Stable: equal ids keep position order, which fixes the summation order.
-    order.par_sort_by_key(|&p| ids[p]);
-    let mut runs: Vec<(u32, Range<usize>)> = Vec::new();
-    for (i, &p) in order.iter().enumerate() {
-        match runs.last_mut() {
-            Some((id, r)) if *id == ids[p] => r.end = i + 1,
-            _ => runs.push((ids[p], i..i + 1)),
-        }
-    }
-    (order, runs)
 }
 
 /// row += Σ dout[p] over `positions`, in the order given.

@@ -7,16 +7,13 @@
 //! the per-chunk partial sums are added serially in order, so the norm is
 //! bit-for-bit reproducible whatever rayon's scheduling.
 
+pub use crate::shared::grad_clip::CLIP_EPS;
 use rayon::prelude::*;
 
 use crate::Real;
 
 /// Elements per rayon task.
 const CHUNK: usize = 1 << 14;
-
-/// Added to the norm in the clip coefficient, as PyTorch does, so that
-/// clipping to `max_norm` never overshoots above it.
-pub const CLIP_EPS: f64 = 1e-6;
 
 /// The global L2 norm of all slices together, accumulated in f64.
 pub fn global_norm<T: Real>(grads: &[&[T]]) -> f64 {

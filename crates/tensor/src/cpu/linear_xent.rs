@@ -29,6 +29,8 @@ use rayon::prelude::*;
 
 use crate::Real;
 use crate::cpu::matmul::{MatRef, gemm_into};
+pub(crate) use crate::shared::tiling::Active;
+pub use crate::shared::tiling::Tiling;
 
 /// The ignore index of PyTorch's and Hugging Face's cross-entropy.
 pub const IGNORE_INDEX: i64 = -100;
@@ -39,25 +41,6 @@ pub const VOCAB_TILE: usize = 4096;
 
 /// Rows below which the softmax arithmetic of a tile stays on one thread.
 const ROWS_PER_TASK: usize = 8;
-
-/// Chunk and tile sizes of the fused losses (both must be ≥ 1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Tiling {
-    /// Rows of the hidden states per chunk (R).
-    pub rows: usize,
-    /// Vocabulary entries per tile (Vt).
-    pub vocab: usize,
-}
-
-impl Tiling {
-    /// The given sizes with zeros raised to 1 (for size estimates, which must not fail).
-    pub fn at_least_one(rows: usize, vocab: usize) -> Self {
-        Self {
-            rows: rows.max(1),
-            vocab: vocab.max(1),
-        }
-    }
-}
 
 impl Default for Tiling {
     fn default() -> Self {
@@ -153,35 +136,6 @@ impl<T: Real> XentInputs<'_, T> {
                 .filter(kept)
                 .map(|i| (i, self.row_weights.map_or(mean, |w| w[i]))),
         )
-    }
-}
-
-/// Rows with a nonzero loss coefficient, in increasing order.
-#[derive(Debug)]
-pub(crate) struct Active<T> {
-    /// Row indices into the [N, ..] inputs.
-    pub rows: Vec<usize>,
-    /// The coefficient of each row in the loss.
-    pub coef: Vec<T>,
-}
-
-impl<T: Real> Active<T> {
-    /// Keeps the (row, coefficient) pairs whose coefficient is not zero.
-    pub fn new(pairs: impl Iterator<Item = (usize, T)>) -> Self {
-        let (rows, coef) = pairs.filter(|&(_, c)| c != T::zero()).unzip();
-        Self { rows, coef }
-    }
-
-    /// Positions into `rows` of each chunk, and the span of original rows it covers.
-    /// Spans are disjoint and increasing because `rows` is sorted.
-    pub fn chunks(&self, per: usize) -> Vec<(Range<usize>, Range<usize>)> {
-        (0..self.rows.len())
-            .step_by(per)
-            .map(|a| {
-                let b = (a + per).min(self.rows.len());
-                (a..b, self.rows[a]..self.rows[b - 1] + 1)
-            })
-            .collect()
     }
 }
 

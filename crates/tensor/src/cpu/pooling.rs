@@ -10,15 +10,12 @@
 
 use rayon::prelude::*;
 
+use crate::shared::pooling::{span, transpose};
+
 use crate::Real;
 
 /// Rows per rayon task.
 const ROWS_PER_TASK: usize = 16;
-
-/// Set s's index range into `indices`.
-fn span(offsets: &[u32], s: usize) -> std::ops::Range<usize> {
-    offsets[s] as usize..offsets[s + 1] as usize
-}
 
 /// out [S, h] = per-set mean of hidden [T, h] rows; duplicates in a set count twice.
 pub fn forward<T: Real>(hidden: &[T], h: usize, offsets: &[u32], indices: &[u32], out: &mut [T]) {
@@ -42,29 +39,6 @@ pub fn forward<T: Real>(hidden: &[T], h: usize, offsets: &[u32], indices: &[u32]
                 out.iter_mut().for_each(|o| *o *= inv);
             }
         });
-}
-
-/// The CSR transposed to token rows: token t is listed by the sets
-/// `row_sets[row_start[t]..row_start[t + 1]]` (with multiplicity, in set
-/// order). A counting sort, O(tokens + nnz); the CUDA backward uploads it.
-pub(crate) fn transpose(offsets: &[u32], indices: &[u32], tokens: usize) -> (Vec<usize>, Vec<u32>) {
-    let sets = offsets.len() - 1;
-    let mut row_start = vec![0usize; tokens + 1];
-    for &t in indices {
-        row_start[t as usize + 1] += 1;
-    }
-    for t in 0..tokens {
-        row_start[t + 1] += row_start[t];
-    }
-    let mut fill = row_start.clone();
-    let mut row_sets = vec![0u32; indices.len()];
-    for s in 0..sets {
-        for &t in &indices[span(offsets, s)] {
-            row_sets[fill[t as usize]] = s as u32;
-            fill[t as usize] += 1;
-        }
-    }
-    (row_start, row_sets)
 }
 
 /// dhidden [T, h] = Σ over (set s, listed row t) of dout[s]/|s| at row t; overwritten (unlisted rows are 0).

@@ -16,88 +16,10 @@
 use rayon::prelude::*;
 
 use crate::Real;
+pub use crate::shared::rope::{RopeConfig, RopeScaling, cos_sin_tables, inv_freq};
 
 /// Tokens per rayon task.
 const TOKENS_PER_TASK: usize = 16;
-
-/// Llama-3 frequency scaling ("rope_type": "llama3" in a Hugging Face config).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RopeScaling {
-    /// Divisor of the low frequencies (8 for Llama 3.1).
-    pub factor: f64,
-    /// Wavelengths above original/low_freq_factor are fully scaled.
-    pub low_freq_factor: f64,
-    /// Wavelengths below original/high_freq_factor are left alone.
-    pub high_freq_factor: f64,
-    /// The context length the model was pre-trained with (8192 for Llama 3).
-    pub original_max_position_embeddings: usize,
-}
-
-/// How a model rotates its query/key heads.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RopeConfig {
-    /// Head dimension D (even).
-    pub head_dim: usize,
-    /// Base of the geometric frequency ladder ("rope_theta").
-    pub theta: f64,
-    /// Llama-3 scaling of the frequencies, if the model uses it.
-    pub scaling: Option<RopeScaling>,
-}
-
-/// The D/2 angular frequencies θᵢ = theta^(−2i/D), with Llama-3 scaling when configured.
-///
-/// Scaling divides long-wavelength (low) frequencies by `factor`, leaves short
-/// ones alone and blends linearly, in 1/wavelength, in between.
-pub fn inv_freq(cfg: &RopeConfig) -> Vec<f64> {
-    let d = cfg.head_dim;
-    assert!(
-        d > 0 && d.is_multiple_of(2),
-        "rope: head_dim {d} must be even and > 0"
-    );
-    (0..d / 2)
-        .map(|i| {
-            let f = cfg.theta.powf(-((2 * i) as f64) / d as f64);
-            match &cfg.scaling {
-                None => f,
-                Some(s) => llama3_scale(f, s),
-            }
-        })
-        .collect()
-}
-
-fn llama3_scale(f: f64, s: &RopeScaling) -> f64 {
-    let orig = s.original_max_position_embeddings as f64;
-    let wavelen = 2.0 * std::f64::consts::PI / f;
-    let low_freq_wavelen = orig / s.low_freq_factor;
-    let high_freq_wavelen = orig / s.high_freq_factor;
-    if wavelen > low_freq_wavelen {
-        f / s.factor
-    } else if wavelen < high_freq_wavelen {
-        f
-    } else {
-        let smooth =
-            (orig / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
-        (1.0 - smooth) * f / s.factor + smooth * f
-    }
-}
-
-/// cos and sin of p·θᵢ for p in 0..max_pos: two [max_pos, D/2] tables, computed in f64.
-pub fn cos_sin_tables<T: Real>(inv_freq: &[f64], max_pos: usize) -> (Vec<T>, Vec<T>) {
-    let half = inv_freq.len();
-    let mut cos = vec![T::zero(); max_pos * half];
-    let mut sin = vec![T::zero(); max_pos * half];
-    cos.par_chunks_mut(half.max(1))
-        .zip(sin.par_chunks_mut(half.max(1)))
-        .enumerate()
-        .for_each(|(p, (c, s))| {
-            for ((c, s), &f) in c.iter_mut().zip(s).zip(inv_freq) {
-                let (sn, cs) = (p as f64 * f).sin_cos();
-                *c = T::of(cs);
-                *s = T::of(sn);
-            }
-        });
-    (cos, sin)
-}
 
 /// Rotates x: [tokens, n_heads, D] in place by the angles of `positions[token]`.
 /// `cos`/`sin` are [max_pos, D/2] from [`cos_sin_tables`]; every position must be < max_pos.

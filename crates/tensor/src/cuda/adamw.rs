@@ -7,8 +7,8 @@
 use cudarc::driver::PushKernelArg;
 
 use crate::cuda::{self, modules};
-use crate::ops::adamw::AdamWConfig;
-use crate::{DType, Result, Tensor, cpu};
+use crate::shared::adamw::{AdamWConfig, Coefs};
+use crate::{DType, Result, Tensor};
 
 const OP: &str = "adamw";
 /// Threads per block of the grid-stride loop.
@@ -32,7 +32,7 @@ pub fn step(
     if n == 0 {
         return Ok(());
     }
-    let c = cpu::adamw::Coefs::<f32>::new(cfg, t);
+    let c = Coefs::<f32>::new(cfg, t);
     let n_i64 = n as i64;
     let p_ptr = params.cuda_ptr(OP, "params")?;
     let g_ptr = grads.cuda_ptr(OP, "grads")?;

@@ -18,11 +18,11 @@
 //! after the launches: the device's single stream orders the frees after the
 //! kernels (see `cuda::alloc`).
 
-use crate::cpu::dropout::keep_threshold;
 use crate::cuda::{self, modules};
-use crate::ops::attention::{
+use crate::shared::attention::{
     AttentionGrads, AttentionKernel as Kernel, AttentionOpts, AttentionOut,
 };
+use crate::shared::dropout::keep_threshold;
 use crate::{DType, Result, Tensor, TensorError};
 use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
 use cudarc::driver::{CudaFunction, PushKernelArg};

@@ -9,8 +9,8 @@
 use cudarc::driver::PushKernelArg;
 
 use crate::cuda::{self, modules};
-use crate::ops::dropout::SeqKeys;
-use crate::{DType, Result, Tensor, TensorError, cpu};
+use crate::shared::dropout::SeqKeys;
+use crate::{DType, Result, Tensor, TensorError};
 
 const OP: &str = "dropout";
 /// Threads per block of the grid-stride loop.
@@ -73,7 +73,7 @@ fn launch(
         return Ok(());
     }
     let n_i64 = n as i64;
-    let thr = cpu::dropout::keep_threshold(p);
+    let thr = crate::shared::dropout::keep_threshold(p);
     // As the CPU's `T::of(1.0 / (1.0 - p as f64))` for T = f32.
     let scale = (1.0 / (1.0 - p as f64)) as f32;
     let at = (range.start * src.dtype().size_in_bytes()) as u64;

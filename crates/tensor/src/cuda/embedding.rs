@@ -13,7 +13,7 @@ use std::sync::Arc;
 use cudarc::driver::PushKernelArg;
 
 use crate::cuda::{self, CudaDevice, modules};
-use crate::{DType, Result, Tensor, cpu};
+use crate::{DType, Result, Tensor};
 
 const OP: &str = "embedding";
 
@@ -55,7 +55,7 @@ struct Runs {
 
 fn group(ids: &[u32]) -> Result<Runs> {
     cuda::as_i32(OP, "N", ids.len())?;
-    let (order, runs) = cpu::embedding::group_by_id(ids);
+    let (order, runs) = crate::shared::embedding::group_by_id(ids);
     // N < 2³¹ (checked above), so every position and run start fits u32.
     let order = order.iter().map(|&p| p as u32).collect();
     let mut start: Vec<u32> = runs.iter().map(|(_, r)| r.start as u32).collect();

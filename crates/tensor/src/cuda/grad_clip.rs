@@ -12,7 +12,7 @@
 use cudarc::driver::PushKernelArg;
 
 use crate::cuda::{self, modules};
-use crate::{Result, Tensor, TensorError, cpu};
+use crate::{Result, Tensor, TensorError};
 
 const OP: &str = "clip_grad_norm";
 /// Threads per block; the kernels' shared arrays assume exactly this.
@@ -103,7 +103,7 @@ pub fn clip_grad_norm(grads: &mut [&mut Tensor], max_norm: f64) -> Result<f64> {
         global_norm(&views)?
     };
     if norm.is_finite() {
-        let coef = max_norm / (norm + cpu::grad_clip::CLIP_EPS);
+        let coef = max_norm / (norm + crate::shared::grad_clip::CLIP_EPS);
         if coef < 1.0 {
             scale(grads, coef as f32)?;
         }

@@ -17,7 +17,7 @@ use super::linear_xent::{
     steps, suffix,
 };
 use super::{blocks_for, cfg, launch_err, modules};
-use crate::cpu::linear_xent::{Active, Tiling};
+use crate::shared::tiling::{Active, Tiling};
 use crate::{DType, Result, Tensor};
 
 const OP: &str = "linear_kl";

@@ -39,7 +39,7 @@ use cudarc::driver::PushKernelArg;
 use super::alloc::round_size;
 use super::matmul::{Gemm, gemm, gemm_lda};
 use super::{CudaDevice, DeviceBuffer, blocks_for, cfg, launch_err, modules};
-use crate::cpu::linear_xent::{Active, Tiling};
+use crate::shared::tiling::{Active, Tiling};
 use crate::{DType, Result, Tensor, TensorError};
 
 const OP: &str = "linear_xent";

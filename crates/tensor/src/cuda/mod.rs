@@ -19,7 +19,6 @@ pub mod cast;
 pub mod dropout;
 pub mod embedding;
 pub mod grad_clip;
-pub mod infonce;
 pub mod linear_kl;
 pub mod linear_xent;
 pub mod matmul;

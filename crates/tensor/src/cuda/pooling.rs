@@ -10,7 +10,7 @@
 use cudarc::driver::PushKernelArg;
 
 use crate::cuda::{self, modules};
-use crate::{Result, Tensor, cpu};
+use crate::{Result, Tensor};
 
 const OP: &str = "pooling";
 
@@ -66,7 +66,7 @@ pub fn backward(
         cuda::as_i32(OP, "T", num_tokens)?,
         cuda::as_i32(OP, "H", h)?,
     );
-    let (row_start, row_sets) = cpu::pooling::transpose(offsets, indices, num_tokens);
+    let (row_start, row_sets) = crate::shared::pooling::transpose(offsets, indices, num_tokens);
     // row_start ends at nnz = indices.len() = offsets[S], a u32.
     let row_start: Vec<u32> = row_start.iter().map(|&r| r as u32).collect();
     let off_buf = dev.upload(offsets)?;

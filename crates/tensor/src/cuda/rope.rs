@@ -8,7 +8,7 @@
 use cudarc::driver::PushKernelArg;
 
 use crate::cuda::{self, modules};
-use crate::ops::rope::RopeTable;
+use crate::shared::rope::RopeTable;
 use crate::{DType, Result, Tensor, TensorError};
 
 const OP: &str = "rope";

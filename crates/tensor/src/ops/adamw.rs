@@ -7,63 +7,9 @@
 
 use crate::{Device, Result, Tensor, TensorError, cpu, cuda};
 
+pub use crate::shared::adamw::AdamWConfig;
+
 const OP: &str = "adamw";
-
-/// AdamW hyper-parameters; `Default` gives PyTorch's defaults.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct AdamWConfig {
-    /// Learning rate (≥ 0).
-    pub lr: f64,
-    /// First-moment decay β1 in [0, 1).
-    pub beta1: f64,
-    /// Second-moment decay β2 in [0, 1).
-    pub beta2: f64,
-    /// Added to sqrt(v̂) in the denominator (> 0).
-    pub eps: f64,
-    /// Decoupled weight decay (≥ 0): p ← p·(1 − lr·wd) each step.
-    pub weight_decay: f64,
-}
-
-impl Default for AdamWConfig {
-    fn default() -> Self {
-        Self {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 1e-2,
-        }
-    }
-}
-
-impl AdamWConfig {
-    /// Errors on a hyper-parameter outside its valid range (or non-finite).
-    pub fn validate(&self) -> Result<()> {
-        let bad = |name: &str, v: f64, range: &str| {
-            Err(TensorError::invalid(
-                OP,
-                format!("{name} must be finite and {range}, got {v}"),
-            ))
-        };
-        if !(self.lr.is_finite() && self.lr >= 0.0) {
-            return bad("lr", self.lr, ">= 0");
-        }
-        if !(0.0..1.0).contains(&self.beta1) {
-            return bad("beta1", self.beta1, "in [0, 1)");
-        }
-        if !(0.0..1.0).contains(&self.beta2) {
-            return bad("beta2", self.beta2, "in [0, 1)");
-        }
-        // eps = 0 would turn a never-updated coordinate (v = 0, m = 0) into 0/0.
-        if !(self.eps.is_finite() && self.eps > 0.0) {
-            return bad("eps", self.eps, "> 0");
-        }
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return bad("weight_decay", self.weight_decay, ">= 0");
-        }
-        Ok(())
-    }
-}
 
 /// One AdamW step at `t` (1-based, the count of steps including this one):
 /// updates `params`, `m` and `v` in place from `grads`. All four: same shape, f32.

@@ -11,94 +11,11 @@
 //! elementwise op (on CUDA one launch per sequence); attention's dropout takes
 //! them on the CPU only so far.
 
-use std::sync::Arc;
-
 use crate::{Device, Result, Tensor, TensorError, cpu, cuda};
 
+pub use crate::shared::dropout::{DropoutMask, SeqKeys};
+
 const OP: &str = "dropout";
-
-/// Identifies one dropout mask: the same (seed, offset, keys) always drops
-/// the same elements.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DropoutMask {
-    /// Drop probability in [0, 1).
-    pub p: f32,
-    /// Stream seed (per layer, per step: the caller derives it).
-    pub seed: u64,
-    /// Stream index of element 0 (of each sequence's element 0 with `keys`).
-    pub offset: u64,
-    /// Per-sequence streams for packed rows; `None`: one stream for the call.
-    pub keys: Option<SeqKeys>,
-}
-
-impl DropoutMask {
-    /// One stream over the whole tensor.
-    pub fn new(p: f32, seed: u64, offset: u64) -> Self {
-        Self {
-            p,
-            seed,
-            offset,
-            keys: None,
-        }
-    }
-
-    /// This mask with one stream per packed sequence.
-    pub fn with_keys(self, keys: Option<SeqKeys>) -> Self {
-        Self { keys, ..self }
-    }
-}
-
-/// Per-sequence mask streams of a packed call: sequence s (rows
-/// `cu_seqlens[s]..cu_seqlens[s + 1]`) draws from the seed
-/// [`SeqKeys::seed`]`(mask.seed, s)`, its element indices counted from its
-/// own first row. Cheap to clone (shared slices), so caches can keep it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SeqKeys {
-    cu_seqlens: Arc<[u32]>,
-    keys: Arc<[u64]>,
-}
-
-impl SeqKeys {
-    /// Keys for the B sequences of `cu_seqlens` (B + 1 non-decreasing offsets from 0).
-    pub fn new(cu_seqlens: &[u32], keys: &[u64]) -> Result<Self> {
-        let ok = cu_seqlens.first() == Some(&0) && cu_seqlens.windows(2).all(|w| w[0] <= w[1]);
-        if !ok || keys.len() + 1 != cu_seqlens.len() {
-            return Err(TensorError::invalid(
-                OP,
-                format!(
-                    "per-sequence keys need B + 1 non-decreasing offsets from 0 and B keys; got \
-                     {} offsets and {} keys",
-                    cu_seqlens.len(),
-                    keys.len()
-                ),
-            ));
-        }
-        Ok(Self {
-            cu_seqlens: cu_seqlens.into(),
-            keys: keys.into(),
-        })
-    }
-
-    /// The sequences' row offsets (B + 1).
-    pub fn cu_seqlens(&self) -> &[u32] {
-        &self.cu_seqlens
-    }
-
-    /// The keys (B).
-    pub fn keys(&self) -> &[u64] {
-        &self.keys
-    }
-
-    /// The stream seed of sequence `s` under the mask seed `seed`.
-    pub fn seed(&self, seed: u64, s: usize) -> u64 {
-        cpu::dropout::keyed_seed(seed, self.keys[s])
-    }
-
-    /// Total rows (the last offset).
-    pub fn rows(&self) -> usize {
-        self.cu_seqlens.last().map_or(0, |&r| r as usize)
-    }
-}
 
 fn check(x: &Tensor, mask: &DropoutMask) -> Result<()> {
     if !(0.0..1.0).contains(&mask.p) {

@@ -1,44 +1,17 @@
 //! InfoNCE contrastive loss over cosine similarities (SimCSE; supervised with
 //! hard negatives when keys outnumber queries). Kernels: `cpu/infonce.rs`.
 //!
-//! On CUDA the loss runs on host copies of q and k (`cuda/infonce.rs` says
+//! On CUDA the loss runs on host copies of q and k (`on_host` below says
 //! why: B·D is tiny), so both backends share one kernel.
 //!
 //! Labels are host indices (`&[u32]`): they are built by the batcher on the
 //! host and validated here, before any kernel runs.
 
-use crate::{DType, Device, Result, Tensor, TensorError, cpu, cuda};
+use crate::{Device, Result, Tensor, TensorError, cpu};
+
+pub use crate::shared::infonce::{InfoNceGrads, InfoNceOut};
 
 const OP: &str = "infonce";
-
-/// What forward returns: the loss and the state backward needs.
-#[derive(Debug, Clone)]
-pub struct InfoNceOut {
-    /// Mean cross-entropy over the queries.
-    pub loss: f32,
-    /// Normalised queries: [B, D].
-    pub qhat: Tensor,
-    /// Query norms before normalisation: [B].
-    pub qnorm: Tensor,
-    /// Normalised keys: [M, D].
-    pub khat: Tensor,
-    /// Key norms before normalisation: [M].
-    pub knorm: Tensor,
-    /// softmax(q̂·k̂ᵀ/τ) per query: [B, M].
-    pub probs: Tensor,
-    /// The dtype q and k had, which backward gives dq and dk (the saved
-    /// state above is f32 on every device).
-    pub grad_dtype: DType,
-}
-
-/// Gradients of the loss with respect to the raw queries and keys.
-#[derive(Debug, Clone)]
-pub struct InfoNceGrads {
-    /// dq: [B, D].
-    pub dq: Tensor,
-    /// dk: [M, D].
-    pub dk: Tensor,
-}
 
 fn check_args(labels: &[u32], m: usize, temperature: f32) -> Result<()> {
     if !(temperature.is_finite() && temperature > 0.0) {
@@ -112,7 +85,7 @@ pub fn forward(q: &Tensor, k: &Tensor, labels: &[u32], temperature: f32) -> Resu
                 grad_dtype: dt,
             })
         }
-        Device::Cuda(_) => cuda::infonce::forward(q, k, labels, temperature),
+        Device::Cuda(_) => on_host::forward(q, k, labels, temperature),
     }
 }
 
@@ -162,13 +135,84 @@ pub fn backward(saved: &InfoNceOut, labels: &[u32], temperature: f32) -> Result<
             );
             Ok(InfoNceGrads { dq, dk })
         }
-        Device::Cuda(_) => cuda::infonce::backward(saved, labels, temperature),
+        Device::Cuda(_) => on_host::backward(saved, labels, temperature),
+    }
+}
+
+mod on_host {
+    //! InfoNCE on a CUDA device, computed on the host on purpose.
+    //!
+    //! q and k are the pooled embeddings of one batch, [B, D] and [M, D] with B
+    //! and M in the tens to hundreds: a few hundred KiB to a few MiB. Copying them
+    //! to the host, running the CPU kernel (already tested against a naive
+    //! reference and finite differences) and uploading the small saved state costs
+    //! well under a millisecond next to the encoder pass that produced them, and
+    //! spares a second, GPU-only implementation of normalisation, GEMM, softmax
+    //! and their backward that could disagree with the CPU's. The saved state
+    //! (q̂, k̂, norms, probs) goes back to the device in f32; dq and dk come back
+    //! in the dtype q and k had.
+
+    use super::{InfoNceGrads, InfoNceOut};
+    use crate::{DType, Device, Result, Tensor, TensorError};
+
+    const OP: &str = "infonce";
+
+    /// A host f32 copy of a CUDA tensor.
+    fn host_f32(t: &Tensor) -> Result<Tensor> {
+        t.to_device(Device::Cpu)?.try_to_dtype(DType::F32)
+    }
+
+    /// The CPU forward on host copies of q and k (F32 or BF16, same dtype); its saved
+    /// state goes back to q's device in f32.
+    pub fn forward(q: &Tensor, k: &Tensor, labels: &[u32], temperature: f32) -> Result<InfoNceOut> {
+        for (t, what) in [(q, "q"), (k, "k")] {
+            if !matches!(t.dtype(), DType::F32 | DType::BF16) {
+                return Err(TensorError::invalid(
+                    OP,
+                    format!("{what} is {}; the CUDA kernels take f32 or bf16", t.dtype()),
+                ));
+            }
+        }
+        k.expect_dtype(OP, "k (must match q)", q.dtype())?;
+        let dev = q.device();
+        let out = super::forward(&host_f32(q)?, &host_f32(k)?, labels, temperature)?;
+        Ok(InfoNceOut {
+            loss: out.loss,
+            qhat: out.qhat.to_device(dev)?,
+            qnorm: out.qnorm.to_device(dev)?,
+            khat: out.khat.to_device(dev)?,
+            knorm: out.knorm.to_device(dev)?,
+            probs: out.probs.to_device(dev)?,
+            grad_dtype: q.dtype(),
+        })
+    }
+
+    /// The CPU backward on host copies of the saved state; dq and dk come back on its
+    /// device in `saved.grad_dtype`.
+    pub fn backward(saved: &InfoNceOut, labels: &[u32], temperature: f32) -> Result<InfoNceGrads> {
+        let dev = saved.qhat.device();
+        let host = InfoNceOut {
+            loss: saved.loss,
+            qhat: host_f32(&saved.qhat)?,
+            qnorm: host_f32(&saved.qnorm)?,
+            khat: host_f32(&saved.khat)?,
+            knorm: host_f32(&saved.knorm)?,
+            probs: host_f32(&saved.probs)?,
+            grad_dtype: DType::F32,
+        };
+        let g = super::backward(&host, labels, temperature)?;
+        let back = |t: Tensor| t.try_to_dtype(saved.grad_dtype)?.to_device(dev);
+        Ok(InfoNceGrads {
+            dq: back(g.dq)?,
+            dk: back(g.dk)?,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::DType;
 
     fn t(shape: &[usize]) -> Tensor {
         let n = shape.iter().product::<usize>();

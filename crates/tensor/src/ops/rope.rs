@@ -8,109 +8,20 @@
 
 use crate::{DType, Device, Result, Tensor, TensorError, cpu, cuda};
 
-pub use crate::cpu::rope::{RopeConfig, RopeScaling};
+pub use crate::shared::rope::{RopeConfig, RopeScaling, RopeTable};
 
 const OP: &str = "rope";
 
-/// Precomputed cos/sin of p·θᵢ for positions 0..max_positions.
-#[derive(Debug, Clone)]
-pub struct RopeTable {
-    head_dim: usize,
-    max_positions: usize,
-    /// [max_positions, head_dim/2]
-    cos: Tensor,
-    /// [max_positions, head_dim/2]
-    sin: Tensor,
-}
-
-fn finite_positive(what: &str, v: f64) -> Result<()> {
-    if v.is_finite() && v > 0.0 {
-        Ok(())
-    } else {
-        Err(TensorError::invalid(
-            OP,
-            format!("{what} must be finite and > 0, got {v}"),
-        ))
-    }
-}
-
-fn check_config(cfg: &RopeConfig) -> Result<()> {
-    if cfg.head_dim == 0 || !cfg.head_dim.is_multiple_of(2) {
-        return Err(TensorError::invalid(
-            OP,
-            format!("head_dim must be even and > 0, got {}", cfg.head_dim),
-        ));
-    }
-    finite_positive("theta", cfg.theta)?;
-    if let Some(s) = &cfg.scaling {
-        finite_positive("scaling.factor", s.factor)?;
-        finite_positive("scaling.low_freq_factor", s.low_freq_factor)?;
-        finite_positive("scaling.high_freq_factor", s.high_freq_factor)?;
-        finite_positive(
-            "scaling.original_max_position_embeddings",
-            s.original_max_position_embeddings as f64,
-        )?;
-        if s.high_freq_factor <= s.low_freq_factor {
-            return Err(TensorError::invalid(
-                OP,
-                format!(
-                    "scaling.high_freq_factor ({}) must exceed low_freq_factor ({})",
-                    s.high_freq_factor, s.low_freq_factor
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-impl RopeTable {
-    /// Validates `cfg` and builds the tables for positions 0..max_positions on `device`.
-    pub fn new(cfg: &RopeConfig, max_positions: usize, device: Device) -> Result<Self> {
-        check_config(cfg)?;
-        let half = cfg.head_dim / 2;
-        let (cos, sin) = cpu::rope::cos_sin_tables::<f32>(&cpu::rope::inv_freq(cfg), max_positions);
-        let shape = [max_positions, half];
-        Ok(Self {
-            head_dim: cfg.head_dim,
-            max_positions,
-            cos: Tensor::from_vec(cos, &shape)?.to_device(device)?,
-            sin: Tensor::from_vec(sin, &shape)?.to_device(device)?,
-        })
-    }
-
-    /// The head dimension D the table was built for.
-    pub fn head_dim(&self) -> usize {
-        self.head_dim
-    }
-
-    /// One past the largest position the table covers.
-    pub fn max_positions(&self) -> usize {
-        self.max_positions
-    }
-
-    /// cos(p·θᵢ): [max_positions, D/2].
-    pub fn cos(&self) -> &Tensor {
-        &self.cos
-    }
-
-    /// sin(p·θᵢ): [max_positions, D/2].
-    pub fn sin(&self) -> &Tensor {
-        &self.sin
-    }
-
-    /// The device the tables live on.
-    pub fn device(&self) -> Device {
-        self.cos.device()
-    }
-}
-
 fn check(x: &Tensor, what: &'static str, positions: &[u32], table: &RopeTable) -> Result<()> {
     let (tokens, _, d) = x.dims3(OP, what)?;
-    if d != table.head_dim {
+    if d != table.head_dim() {
         return Err(TensorError::shape(
             OP,
             what,
-            format!("[tokens, heads, {}] (the table's head_dim)", table.head_dim),
+            format!(
+                "[tokens, heads, {}] (the table's head_dim)",
+                table.head_dim()
+            ),
             x.shape(),
         ));
     }
@@ -126,13 +37,13 @@ fn check(x: &Tensor, what: &'static str, positions: &[u32], table: &RopeTable) -
     if let Some((t, &p)) = positions
         .iter()
         .enumerate()
-        .find(|&(_, &p)| p as usize >= table.max_positions)
+        .find(|&(_, &p)| p as usize >= table.max_positions())
     {
         return Err(TensorError::invalid(
             OP,
             format!(
                 "position {p} of token {t} is beyond the table (max_positions {})",
-                table.max_positions
+                table.max_positions()
             ),
         ));
     }
@@ -151,11 +62,11 @@ fn check(x: &Tensor, what: &'static str, positions: &[u32], table: &RopeTable) -
 
 /// Rotates x in place (the CPU path, and CUDA's `_inplace` entry points).
 fn rotate(x: &mut Tensor, positions: &[u32], table: &RopeTable, inverse: bool) -> Result<()> {
-    let d = table.head_dim;
+    let d = table.head_dim();
     match x.device() {
         Device::Cpu => {
-            let cos = table.cos.f32s(OP, "cos table")?;
-            let sin = table.sin.f32s(OP, "sin table")?;
+            let cos = table.cos().f32s(OP, "cos table")?;
+            let sin = table.sin().f32s(OP, "sin table")?;
             let x = x.f32s_mut(OP, "x")?;
             if inverse {
                 cpu::rope::backward(x, d, positions, cos, sin);
