@@ -8,6 +8,8 @@
 //! installed into a cache directory: their PTX ISA (9.0) is the newest the
 //! deployed 580 drivers load, and newer wheels emit PTX those drivers reject.
 
+mod new_op;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -48,10 +50,25 @@ fn main() -> Result<()> {
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["ptx"] => ptx(false),
         ["ptx", "--check"] => ptx(true),
+        ["new-op", name] => {
+            for f in new_op::new_op(&repo_root(), name)? {
+                println!("wrote {}", f.display());
+            }
+            // The new kernel's PTX and the module table that embeds it.
+            ptx(false)?;
+            println!(
+                "\nnew op family `{name}`: the workspace builds; its tests fail until the \
+                 FILL INs and unimplemented!s are written (docs/architecture.md, Extending)"
+            );
+            Ok(())
+        }
         _ => {
-            eprintln!("usage: cargo xtask ptx [--check]");
+            eprintln!("usage: cargo xtask ptx [--check] | cargo xtask new-op NAME");
             eprintln!("  ptx          compile kernels/*.cu to kernels/ptx/*.ptx");
             eprintln!("  ptx --check  fail if a committed .ptx is stale; validate with ptxas");
+            eprintln!(
+                "  new-op NAME  write and wire a new op family's files (see docs/architecture.md)"
+            );
             std::process::exit(2);
         }
     }
