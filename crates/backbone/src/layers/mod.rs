@@ -15,10 +15,10 @@
 //! step of inference goes through tensor ops (the bias broadcast is
 //! `matmul::add_bias`, the memory-row gather `Tensor::copy_rows`), so a CUDA
 //! model runs on CUDA end to end, in f32 or bf16 (norm weights stay f32).
-//! Backward runs on CUDA too (the compression step trains there: bf16 frozen
-//! weights, f32 LoRA and memory-row masters cast per use); what still needs
-//! host slices refuses CUDA tensors with an error naming it (the embedding
-//! table's own gradient, `--train-embeddings all`).
+//! Backward runs on CUDA too (the compression and contrastive steps train
+//! there: bf16 frozen weights, f32 LoRA and memory-row masters cast per use;
+//! a trained embedding table keeps an f32 master beside its bf16 copy and
+//! gets its gradient scattered on the device).
 //!
 //! [`Transformer::to_device`]: transformer::Transformer::to_device
 
